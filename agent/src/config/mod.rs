@@ -1,0 +1,1 @@
+mod model; pub use model::*;
