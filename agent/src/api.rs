@@ -1,1 +1,173 @@
-//! api
+//! The agent's local API: one JSON request and one JSON response per line, per connection, on
+//! a Unix socket in the runtime directory (root only). Every message carries `"api": 1`.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tracking::{Changes, TrackingStatus};
+
+pub const API_VERSION: u32 = 1;
+/// Longest request line the agent reads.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// The blocks of `volume` changed since its mark; with `take`, also start a new mark.
+    Changed { volume: String, take: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Status(StatusReport),
+    Changed(Changes),
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub api: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub site: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub config: PathBuf,
+    pub volumes: Vec<VolumeInfo>,
+    pub tracking: TrackingStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// The configured device or image.
+    pub source: PathBuf,
+    /// The block device watched (`/dev/loop3`).
+    pub device: PathBuf,
+    pub size_bytes: u64,
+    /// True when the agent attached the loop device itself.
+    pub attached_by_agent: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot connect to the agent at {socket}: {source} (is `vfsdr agent` running with this configuration?)")]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the agent at {socket}: {source}")]
+    Io {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent at {socket} answered something unreadable: {reason}")]
+    BadAnswer { socket: PathBuf, reason: String },
+    #[error("the agent at {socket} speaks API version {found}, this vfsdr speaks {API_VERSION}")]
+    Version { socket: PathBuf, found: u32 },
+}
+
+/// Parses a request line; the error message says what is wrong with it.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let env: Envelope<Request> =
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    if env.api != API_VERSION {
+        return Err(format!(
+            "bad request: api version {} is not supported (this agent speaks {API_VERSION})",
+            env.api
+        ));
+    }
+    Ok(env.body)
+}
+
+pub fn encode<T: Serialize>(body: T) -> String {
+    let mut s = serde_json::to_string(&Envelope {
+        api: API_VERSION,
+        body,
+    })
+    .expect("API types serialize");
+    s.push('\n');
+    s
+}
+
+/// Sends one request to the agent and returns its response.
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
+    let io = |source| ApiError::Io {
+        socket: socket.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
+        socket: socket.to_owned(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    stream.write_all(encode(request).as_bytes()).map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).map_err(io)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| ApiError::BadAnswer {
+            socket: socket.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let found = value.get("api").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    if found != API_VERSION {
+        return Err(ApiError::Version {
+            socket: socket.to_owned(),
+            found,
+        });
+    }
+    let env: Envelope<Response> =
+        serde_json::from_value(value).map_err(|e| ApiError::BadAnswer {
+            socket: socket.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(env.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_say_why() {
+        let line = encode(Request::Changed {
+            volume: "data".into(),
+            take: true,
+        });
+        assert_eq!(
+            line,
+            "{\"api\":1,\"request\":\"changed\",\"volume\":\"data\",\"take\":true}\n"
+        );
+        assert_eq!(
+            parse_request(&line).unwrap(),
+            Request::Changed {
+                volume: "data".into(),
+                take: true
+            }
+        );
+        let e = parse_request("{\"api\":1,\"request\":\"format_disk\"}").unwrap_err();
+        assert!(e.contains("unknown variant `format_disk`"), "{e}");
+        let e = parse_request("{\"api\":7,\"request\":\"status\"}").unwrap_err();
+        assert!(e.contains("api version 7"), "{e}");
+        let e = parse_request("{\"api\":1,\"request\":\"changed\"}").unwrap_err();
+        assert!(e.contains("missing field `volume`"), "{e}");
+        assert!(parse_request("not json").is_err());
+    }
+
+    #[test]
+    fn connect_errors_name_the_socket() {
+        let e = call(Path::new("/nonexistent/agent.sock"), &Request::Status).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/agent.sock"), "{e}");
+    }
+}

@@ -1,1 +1,180 @@
-//! cli
+//! The `vfsdr` command line: the daemon (`agent`) and the operator commands.
+mod show;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    api::{self, Request, Response},
+    config, daemon,
+    logging::{self, LogTarget},
+};
+
+#[derive(Parser)]
+#[command(name = "vfsdr", version, about = "Disaster recovery for virtual SMB file servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (daemon) of this site.
+    Agent {
+        #[arg(long, short, value_name = "FILE", default_value = "/etc/vfsdr/vfsdr.yaml")]
+        config: PathBuf,
+        /// Where logs go: journald when connected to it, else stderr (auto).
+        #[arg(long, value_enum, default_value = "auto")]
+        log: LogTarget,
+        #[arg(long, default_value = "info", value_name = "LEVEL")]
+        log_level: tracing::Level,
+    },
+    /// Show each volume's write rate and changes since its mark, and the top writers.
+    Status {
+        #[command(flatten)]
+        target: AgentTarget,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+    },
+    /// List the 4 KiB blocks of VOLUME changed since its mark.
+    Changed {
+        volume: String,
+        /// Also reset the mark (atomically): the next call lists only newer changes.
+        #[arg(long)]
+        take: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check configuration files; report every problem with file, line, column and field.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Which agent to talk to: its socket, or the one named by a site configuration.
+#[derive(Args)]
+struct AgentTarget {
+    /// The site configuration whose agent to ask (its runtime_dir holds the socket).
+    #[arg(long, short, value_name = "FILE", conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The agent's API socket.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl AgentTarget {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/vfsdr/vfsdr.yaml"));
+        Ok(config::load(&path)?.api_socket())
+    }
+}
+
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vfsdr: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Agent {
+            config,
+            log,
+            log_level,
+        } => {
+            logging::init(log, log_level)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if let Err(e) = rt.block_on(daemon::run(&config)) {
+                tracing::error!(event = "agent_failed", error = %e, "agent cannot run");
+                return Err(e.into());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            target,
+            json,
+            watch,
+        } => {
+            let socket = target.socket()?;
+            loop {
+                let report = match api::call(&socket, &Request::Status)? {
+                    Response::Status(r) => r,
+                    other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+                };
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    if watch.is_some() {
+                        print!("\x1b[H\x1b[2J");
+                    }
+                    print!("{}", show::status(&report));
+                }
+                let Some(secs) = watch else {
+                    return Ok(ExitCode::SUCCESS);
+                };
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.1)));
+            }
+        }
+        Command::Changed {
+            volume,
+            take,
+            json,
+            target,
+        } => match api::call(&target.socket()?, &Request::Changed { volume, take })? {
+            Response::Changed(c) if json => {
+                println!("{}", serde_json::to_string(&c)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Changed(c) => {
+                print!("{}", show::changes(&c));
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+        },
+        Command::Config(ConfigCommand::Check { files }) => {
+            let mut ok = true;
+            for file in &files {
+                match config::load(file) {
+                    Ok(c) => println!(
+                        "{}: ok (site {}, {} volume{})",
+                        file.display(),
+                        c.site.name,
+                        c.volumes.len(),
+                        if c.volumes.len() == 1 { "" } else { "s" }
+                    ),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

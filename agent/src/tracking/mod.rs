@@ -1,1 +1,20 @@
+//! Write tracking with eBPF: which blocks of each watched volume changed since a mark, at what
+//! rate, and which processes are writing.
+//!
+//! Kernel side (agent-ebpf): `block/block_bio_queue` filtered to the watched devices merges
+//! contiguous bios per CPU into extents, delivered in batches through a ring buffer; the
+//! `syscalls/sys_enter_*write*` tracepoints count calls and bytes per process in a per-CPU map.
+//! User side: `Tracker` folds what `Probes::drain` returns into per-volume `BlockSet`s.
+pub mod blockset;
+mod ebpf;
+pub mod layout;
+pub mod probes;
+mod tracker;
 
+#[cfg(test)]
+mod tests;
+
+pub use blockset::{BlockRange, BlockSet};
+pub use ebpf::EbpfProbes;
+pub use probes::{Drained, FakeProbes, ProbeError, Probes};
+pub use tracker::{Changes, ProbeCounters, TrackError, Tracker, TrackingStatus, VolumeStatus, WriterStatus};

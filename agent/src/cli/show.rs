@@ -1,0 +1,117 @@
+//! Human-readable renderings of API answers.
+use std::fmt::Write as _;
+
+use crate::{api::StatusReport, tracking::Changes};
+
+/// `1.5 MiB` style sizes.
+pub fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn status(r: &StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "site {}  agent pid {}  up {}s  config {}",
+        r.site,
+        r.pid,
+        r.uptime_s,
+        r.config.display()
+    );
+    let _ = writeln!(
+        o,
+        "\n{:<14} {:<12} {:>12} {:>12} {:>12} {:>10} {:>8}  SOURCE",
+        "VOLUME", "DEVICE", "WRITE/s", "DISCARD/s", "CHANGED", "BLOCKS", "EXTENTS"
+    );
+    for (info, v) in r.volumes.iter().zip(&r.tracking.volumes) {
+        let _ = writeln!(
+            o,
+            "{:<14} {:<12} {:>12} {:>12} {:>12} {:>10} {:>8}  {}",
+            v.name,
+            info.device.display().to_string(),
+            bytes(v.write_bytes_per_s),
+            bytes(v.discard_bytes_per_s),
+            bytes(v.changed_bytes as f64),
+            v.changed_blocks,
+            v.changed_extents,
+            info.source.display()
+        );
+    }
+    if r.volumes.is_empty() {
+        let _ = writeln!(o, "(no volumes configured)");
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<8} {:<16} {:>12} {:>12} {:>10}   (write syscalls, all processes)",
+        "PID", "COMMAND", "BYTES/s", "BYTES", "CALLS"
+    );
+    for w in &r.tracking.writers {
+        let _ = writeln!(
+            o,
+            "{:<8} {:<16} {:>12} {:>12} {:>10}",
+            w.pid,
+            w.comm,
+            bytes(w.bytes_per_s),
+            bytes(w.bytes as f64),
+            w.calls
+        );
+    }
+    let p = &r.tracking.probes;
+    let _ = writeln!(
+        o,
+        "\nprobes: {} bios, {} extents, {} dropped, {} wakeups{}",
+        p.bios,
+        p.extents,
+        p.dropped,
+        p.wakeups,
+        if p.dropped > 0 {
+            "  (DROPPED EXTENTS: changed sets are incomplete)"
+        } else {
+            ""
+        }
+    );
+    o
+}
+
+pub fn changes(c: &Changes) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "volume {}: {} blocks of {} bytes ({}) in {} extents since {}{}",
+        c.volume,
+        c.blocks,
+        c.block_size,
+        bytes((c.blocks * c.block_size) as f64),
+        c.ranges.len(),
+        c.since_unix_s,
+        if c.incomplete { " (INCOMPLETE: extents were dropped)" } else { "" }
+    );
+    for r in &c.ranges {
+        let _ = writeln!(o, "{}-{}", r.start, r.end - 1);
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn sizes_read_like_sizes() {
+        assert_eq!(bytes(0.0), "0 B");
+        assert_eq!(bytes(1023.0), "1023 B");
+        assert_eq!(bytes(1536.0), "1.5 KiB");
+        assert_eq!(bytes(5.0 * 1024.0 * 1024.0 * 1024.0), "5.0 GiB");
+    }
+}

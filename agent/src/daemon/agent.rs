@@ -1,0 +1,246 @@
+//! The agent's state and the actions on it, without I/O of its own: every kernel access goes
+//! through the `Probes` and `BlockDevices` seams, so this is unit-tested with fakes.
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use crate::{
+    api::{Request, Response, StatusReport, VolumeInfo},
+    config::{self, Config, VolumeSource},
+    tracking::{Probes, TrackError, Tracker},
+    volumes::{BlockDevices, Device, VolumeError},
+};
+
+struct Opened {
+    name: String,
+    source: VolumeSource,
+    device: Device,
+}
+
+pub struct Agent {
+    config: Config,
+    config_path: PathBuf,
+    tracker: Tracker,
+    probes: Box<dyn Probes>,
+    devices: Box<dyn BlockDevices>,
+    opened: Vec<Opened>,
+    started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(
+        "volumes {first} and {second} are the same device {device}; a device is watched once"
+    )]
+    SameDevice {
+        first: String,
+        second: String,
+        device: String,
+    },
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+fn source_path(s: &VolumeSource) -> &Path {
+    match s {
+        VolumeSource::Device(p) | VolumeSource::Image(p) => p,
+    }
+}
+
+impl Agent {
+    /// Opens every configured volume and starts watching it. Any volume that cannot be opened
+    /// stops the start: the agent refuses to run with part of its configuration.
+    pub fn start(
+        config_path: &Path,
+        config: Config,
+        probes: Box<dyn Probes>,
+        devices: Box<dyn BlockDevices>,
+    ) -> Result<Agent, AgentError> {
+        let mut agent = Agent {
+            config: config.clone(),
+            config_path: config_path.to_owned(),
+            tracker: Tracker::new(),
+            probes,
+            devices,
+            opened: Vec::new(),
+            started: Instant::now(),
+        };
+        let opened = agent.open_all(&config.volumes, &[])?;
+        agent.watch_all(opened)?;
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Opens the given volumes (nothing is watched yet); on error, everything opened here is
+    /// dropped again. Volumes named in `leaving` are about to be released and may share a device.
+    fn open_all(
+        &mut self,
+        volumes: &[config::Volume],
+        leaving: &[String],
+    ) -> Result<Vec<Opened>, AgentError> {
+        let mut opened: Vec<Opened> = Vec::new();
+        for v in volumes {
+            let device = self.devices.open(&v.name, &v.source)?;
+            let clash = opened
+                .iter()
+                .chain(self.opened.iter().filter(|o| !leaving.contains(&o.name)))
+                .find(|o| o.device.dev == device.dev);
+            if let Some(o) = clash {
+                return Err(AgentError::SameDevice {
+                    first: o.name.clone(),
+                    second: v.name.clone(),
+                    device: device.dev.to_string(),
+                });
+            }
+            opened.push(Opened {
+                name: v.name.clone(),
+                source: v.source.clone(),
+                device,
+            });
+        }
+        Ok(opened)
+    }
+
+    fn watch_all(&mut self, opened: Vec<Opened>) -> Result<(), AgentError> {
+        let mut done = Vec::new();
+        for o in &opened {
+            if let Err(e) = self.tracker.watch(self.probes.as_mut(), &o.name, o.device.dev) {
+                for name in done {
+                    let _ = self.tracker.unwatch(self.probes.as_mut(), name);
+                }
+                return Err(e.into());
+            }
+            done.push(o.name.as_str());
+        }
+        for o in opened {
+            tracing::info!(
+                site = %self.config.site.name,
+                volume = %o.name,
+                event = "volume_watched",
+                device = %o.device.path.display(),
+                source = %source_path(&o.source).display(),
+                attached = o.device.attached,
+                "watching volume"
+            );
+            self.opened.push(o);
+        }
+        Ok(())
+    }
+
+    /// Re-reads the configuration file and applies it. On any error the running configuration
+    /// is kept unchanged and the error says why.
+    pub fn reload(&mut self) -> Result<ReloadSummary, AgentError> {
+        let new = config::load(&self.config_path)?;
+        self.apply(new)
+    }
+
+    /// Applies a new configuration: volumes no longer listed (or whose source changed) are
+    /// released, new ones are opened and watched. New volumes are all opened before anything is
+    /// released, so a volume that cannot be opened leaves the running state untouched.
+    pub fn apply(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
+        let stays = |o: &Opened| new.volumes.iter().any(|v| v.name == o.name && v.source == o.source);
+        let to_add: Vec<config::Volume> = new
+            .volumes
+            .iter()
+            .filter(|v| !self.opened.iter().any(|o| o.name == v.name && o.source == v.source))
+            .cloned()
+            .collect();
+        let leaving: Vec<String> =
+            self.opened.iter().filter(|o| !stays(o)).map(|o| o.name.clone()).collect();
+        let opened = self.open_all(&to_add, &leaving)?;
+
+        let (keep, release): (Vec<Opened>, Vec<Opened>) =
+            std::mem::take(&mut self.opened).into_iter().partition(stays);
+        self.opened = keep;
+        for o in &release {
+            self.tracker.unwatch(self.probes.as_mut(), &o.name)?;
+        }
+        let added: Vec<String> = opened.iter().map(|o| o.name.clone()).collect();
+        self.watch_all(opened)?;
+        let mut summary = ReloadSummary {
+            added,
+            ..Default::default()
+        };
+        for o in release {
+            tracing::info!(site = %new.site.name, volume = %o.name, event = "volume_released", "stopped watching volume");
+            summary.removed.push(o.name);
+        }
+        summary.kept = self
+            .opened
+            .iter()
+            .map(|o| o.name.clone())
+            .filter(|n| !summary.added.contains(n))
+            .collect();
+        self.config = new;
+        Ok(summary)
+    }
+
+    /// Drains the kernel probes into the tracker.
+    pub fn poll(&mut self) -> Result<(), TrackError> {
+        self.tracker.poll(self.probes.as_mut(), Instant::now())
+    }
+
+    pub fn wakeup_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.probes.wakeup_fd()
+    }
+
+    pub fn handle(&mut self, request: Request) -> Response {
+        // Every answer reflects what the kernel queued up to now.
+        if let Err(e) = self.poll() {
+            return Response::Error {
+                message: e.to_string(),
+            };
+        }
+        let result = match request {
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::Changed { volume, take: false } => self.tracker.changed(&volume).map(Response::Changed),
+            Request::Changed { volume, take: true } => {
+                let r = self.tracker.take_mark(&volume);
+                if let Ok(c) = &r {
+                    tracing::info!(site = %self.config.site.name, volume = %volume, event = "mark_taken", blocks = c.blocks, "changed blocks taken, new mark");
+                }
+                r.map(Response::Changed)
+            }
+        };
+        result.unwrap_or_else(|e| Response::Error {
+            message: e.to_string(),
+        })
+    }
+
+    pub fn status(&self) -> StatusReport {
+        StatusReport {
+            site: self.config.site.name.clone(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config: self.config_path.clone(),
+            volumes: self
+                .opened
+                .iter()
+                .map(|o| VolumeInfo {
+                    name: o.name.clone(),
+                    source: source_path(&o.source).to_owned(),
+                    device: o.device.path.clone(),
+                    size_bytes: o.device.size,
+                    attached_by_agent: o.device.attached,
+                })
+                .collect(),
+            tracking: self.tracker.status(self.config.tracking.top_writers),
+        }
+    }
+}
