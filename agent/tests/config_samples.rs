@@ -89,7 +89,7 @@ fn invalid_configs_report_exactly_their_expected_problems() {
             failures.push(format!(
                 "{}: no {} next to it",
                 sample.display(),
-                expected_path.display()
+                sample.with_extension("expected").display()
             ));
             continue;
         };

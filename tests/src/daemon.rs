@@ -36,8 +36,16 @@ impl Daemon {
 
     pub(crate) fn start_with(mut cmd: Command, netns: Option<Netns>) -> anyhow::Result<Self> {
         let what = show(&cmd);
-        let child = cmd.process_group(0).spawn().with_context(|| format!("cannot start `{what}`"))?;
-        Ok(Self { pid: child.id(), child: Some(child), what, _netns: netns })
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start `{what}`"))?;
+        Ok(Self {
+            pid: child.id(),
+            child: Some(child),
+            what,
+            _netns: netns,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -87,7 +95,16 @@ impl Daemon {
         }
         // Kill whatever is left in the group (the leader if it ignored SIGTERM, its children).
         signal_group(pid, libc::SIGKILL);
-        child.wait().with_context(|| format!("cannot reap pid {pid} (`{}`)", self.what))
+        let status = child
+            .wait()
+            .with_context(|| format!("cannot reap pid {pid} (`{}`)", self.what))?;
+        // SIGKILL is asynchronous: give children (reaped by init) a moment to be gone.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        // SAFETY: signal 0 only checks for existence.
+        while unsafe { libc::kill(-pid, 0) } == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(status)
     }
 }
 
@@ -117,7 +134,12 @@ fn exited_unreaped(pid: libc::pid_t) -> bool {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid on our own child with a valid siginfo pointer.
     let rc = unsafe {
-        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
     };
     if rc != 0 {
         return true; // ECHILD: nothing left to wait for

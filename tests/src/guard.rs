@@ -33,9 +33,13 @@ pub struct FileGuard {
 impl FileGuard {
     /// Creates `path` (which must not exist) as a sparse file of `size` bytes.
     pub fn sparse(path: &Path, size: u64) -> anyhow::Result<Self> {
-        let f = fs::File::create_new(path).with_context(|| format!("cannot create {}", path.display()))?;
-        let guard = Self { path: path.to_path_buf() };
-        f.set_len(size).with_context(|| format!("cannot size {} to {size} bytes", path.display()))?;
+        let f = fs::File::create_new(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let guard = Self {
+            path: path.to_path_buf(),
+        };
+        f.set_len(size)
+            .with_context(|| format!("cannot size {} to {size} bytes", path.display()))?;
         Ok(guard)
     }
 
@@ -70,7 +74,10 @@ impl DirGuard {
             .mode(0o755)
             .create(path)
             .with_context(|| format!("cannot create directory {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), tree })
+        Ok(Self {
+            path: path.to_path_buf(),
+            tree,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -84,7 +91,10 @@ impl Drop for DirGuard {
             if let Err(e) = fs::remove_dir(&self.path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                warn(format_args!("cannot remove directory {}: {e}", self.path.display()));
+                warn(format_args!(
+                    "cannot remove directory {}: {e}",
+                    self.path.display()
+                ));
             }
             return;
         }
@@ -116,24 +126,48 @@ pub fn release_tree(dir: &Path) {
         let mounts = sys::mounts_under(dir);
         let loops = sys::loops_backed_under(dir);
         if mounts.is_empty() && loops.is_empty() {
-            return;
+            break;
         }
         for m in &mounts {
-            warn(format_args!("{} was still mounted; unmounting", m.display()));
+            warn(format_args!(
+                "{} was still mounted; unmounting",
+                m.display()
+            ));
             let _ = run(&mut command("umount", [m]));
         }
-        for l in sys::loops_backed_under(dir) {
+        for l in sys::loops_backed_under(dir)
+            .into_iter()
+            .filter(|l| !l.autoclear)
+        {
             warn(format_args!(
                 "{} still backed by {}; detaching",
                 l.device.display(),
                 l.backing_file.display()
             ));
-            let _ = run(&mut command("losetup", ["-d".as_ref(), l.device.as_os_str()]));
+            let _ = run(&mut command(
+                "losetup",
+                ["-d".as_ref(), l.device.as_os_str()],
+            ));
         }
     }
     for m in sys::mounts_under(dir) {
         warn(format_args!("{} is busy; unmounting lazily", m.display()));
         let _ = run(&mut command("umount", ["-l".as_ref(), m.as_os_str()]));
+    }
+    // A loop device detached while still in use is cleared by the kernel when its last user goes,
+    // which can be a moment after the unmount that released it.
+    for _ in 0..100 {
+        if sys::loops_backed_under(dir).is_empty() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for l in sys::loops_backed_under(dir) {
+        warn(format_args!(
+            "{} is still in use (backed by {})",
+            l.device.display(),
+            l.backing_file.display()
+        ));
     }
 }
 
@@ -149,13 +183,24 @@ impl LoopGuard {
     pub fn attach(file: &Path) -> anyhow::Result<Self> {
         let out = run(&mut command(
             "losetup",
-            ["--find".as_ref(), "--show".as_ref(), "--direct-io=off".as_ref(), file.as_os_str()],
+            [
+                "--find".as_ref(),
+                "--show".as_ref(),
+                "--direct-io=off".as_ref(),
+                file.as_os_str(),
+            ],
         ))?;
         let device = PathBuf::from(out.trim());
         if !device.starts_with("/dev/") {
-            bail!("losetup printed {out:?} instead of a loop device for {}", file.display());
+            bail!(
+                "losetup printed {out:?} instead of a loop device for {}",
+                file.display()
+            );
         }
-        Ok(Self { device, file: file.to_path_buf() })
+        Ok(Self {
+            device,
+            file: file.to_path_buf(),
+        })
     }
 
     pub fn device(&self) -> &Path {
@@ -168,7 +213,10 @@ impl Drop for LoopGuard {
         match sys::loop_backing_file(&self.device) {
             None => {} // already detached
             Some(f) if f == self.file => {
-                if let Err(e) = run(&mut command("losetup", ["-d".as_ref(), self.device.as_os_str()])) {
+                if let Err(e) = run(&mut command(
+                    "losetup",
+                    ["-d".as_ref(), self.device.as_os_str()],
+                )) {
                     warn(format_args!("{e:#}"));
                 }
             }
@@ -190,14 +238,21 @@ pub struct MountGuard {
 
 impl MountGuard {
     /// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET`.
-    pub fn mount(source: &Path, target: &Path, fstype: &str, options: Option<&str>) -> anyhow::Result<Self> {
+    pub fn mount(
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        options: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = command("mount", ["-t", fstype]);
         if let Some(o) = options {
             cmd.args(["-o", o]);
         }
         cmd.arg(source).arg(target);
         run(&mut cmd)?;
-        Ok(Self { target: target.to_path_buf() })
+        Ok(Self {
+            target: target.to_path_buf(),
+        })
     }
 
     pub fn target(&self) -> &Path {

@@ -50,7 +50,10 @@ pub fn lan_address(host: u8) -> Ipv4Addr {
 /// The `n`th address reserved for services (VFS addresses that move between sites):
 /// `198.18.0.(100 + n)`, `n` in 0..100. No site or client ever gets one.
 pub fn service_address(n: u8) -> Ipv4Addr {
-    assert!(n <= LAST_SERVICE - FIRST_SERVICE, "service address index {n} out of 0..100");
+    assert!(
+        n <= LAST_SERVICE - FIRST_SERVICE,
+        "service address index {n} out of 0..100"
+    );
     lan_address(FIRST_SERVICE + n)
 }
 
@@ -117,11 +120,17 @@ impl Lab {
     pub fn new(test_name: &str) -> anyhow::Result<Self> {
         crate::require_root()?;
         let id = unique_id(test_name);
-        let dir = DirGuard::create(&std::env::temp_dir().join(format!("{DIR_PREFIX}{id}")), true)?;
+        let dir = DirGuard::create(
+            &std::env::temp_dir().join(format!("{DIR_PREFIX}{id}")),
+            true,
+        )?;
         let registry = Registry::new(dir.path());
         let netns = Netns::create_in(&format!("{NETNS_PREFIX}{id}-lan"), Some(registry.clone()))?;
         let cidr = format!("{}/{LAN_PREFIX_LEN}", lan_address(BRIDGE_HOST));
-        netns.run("ip", ["link", "add", "br0", "type", "bridge", "forward_delay", "0"])?;
+        netns.run(
+            "ip",
+            ["link", "add", "br0", "type", "bridge", "forward_delay", "0"],
+        )?;
         netns.run("ip", ["addr", "add", cidr.as_str(), "dev", "br0"])?;
         netns.run("ip", ["link", "set", "br0", "up"])?;
         Ok(Self {
@@ -130,7 +139,11 @@ impl Lab {
                 dir,
                 id,
                 registry,
-                alloc: Mutex::new(Alloc { names: Vec::new(), next_site: FIRST_SITE, next_client: FIRST_CLIENT }),
+                alloc: Mutex::new(Alloc {
+                    names: Vec::new(),
+                    next_site: FIRST_SITE,
+                    next_client: FIRST_CLIENT,
+                }),
             }),
         })
     }
@@ -175,9 +188,19 @@ impl Lab {
         }
         let node = Node::attach(&self.shared, name, host)?;
         let keep: Arc<dyn Any + Send + Sync> = Arc::new((dir.clone(), self.shared.clone()));
-        let pool = Pool::create_in(dir.path(), options.pool_size, Some(self.shared.registry.clone()), Some(keep))
-            .with_context(|| format!("cannot create the pool of site {name}"))?;
-        Ok(Site { pool, node, dir, _lab: self.shared.clone() })
+        let pool = Pool::create_in(
+            dir.path(),
+            options.pool_size,
+            Some(self.shared.registry.clone()),
+            Some(keep),
+        )
+        .with_context(|| format!("cannot create the pool of site {name}"))?;
+        Ok(Site {
+            pool,
+            node,
+            dir,
+            _lab: self.shared.clone(),
+        })
     }
 
     /// Adds a client: namespace `vfsdr-<id>-<name>` on the LAN (198.18.0.200, .201, ...) and a
@@ -191,19 +214,35 @@ impl Lab {
         })?;
         let dir = DirGuard::create(&self.dir().join(name), true)?;
         let node = Node::attach(&self.shared, name, host)?;
-        Ok(Client { node, dir, _lab: self.shared.clone() })
+        Ok(Client {
+            node,
+            dir,
+            _lab: self.shared.clone(),
+        })
     }
 
-    fn reserve(&self, name: &str, next: impl FnOnce(&mut Alloc) -> Option<u8>) -> anyhow::Result<u8> {
+    fn reserve(
+        &self,
+        name: &str,
+        next: impl FnOnce(&mut Alloc) -> Option<u8>,
+    ) -> anyhow::Result<u8> {
         check_name(name)?;
         if name == "lan" {
             bail!("\"lan\" is the bridge namespace's name; pick another site or client name");
         }
-        let mut a = self.shared.alloc.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut a = self
+            .shared
+            .alloc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if a.names.iter().any(|n| n == name) {
-            bail!("lab {} already has a site or client named {name}", self.shared.id);
+            bail!(
+                "lab {} already has a site or client named {name}",
+                self.shared.id
+            );
         }
-        let host = next(&mut a).with_context(|| format!("lab {} has no address left for {name}", self.shared.id))?;
+        let host = next(&mut a)
+            .with_context(|| format!("lab {} has no address left for {name}", self.shared.id))?;
         a.names.push(name.to_string());
         Ok(host)
     }
@@ -218,23 +257,41 @@ struct Node {
 
 impl Node {
     fn attach(lab: &LabShared, name: &str, host: u8) -> anyhow::Result<Self> {
-        let netns = Netns::create_in(&format!("{NETNS_PREFIX}{}-{name}", lab.id), Some(lab.registry.clone()))?;
+        let netns = Netns::create_in(
+            &format!("{NETNS_PREFIX}{}-{name}", lab.id),
+            Some(lab.registry.clone()),
+        )?;
         let mut port = format!("p{host}-{name}");
         port.truncate(15); // IFNAMSIZ - 1; unique in the LAN namespace thanks to the host number
         let lan = &lab.lan.netns;
         // Both ends are created directly in their namespaces; nothing appears in the host's.
         let args = [
-            "link", "add", "name", LAN_INTERFACE, "netns", netns.name(), "type", "veth", "peer", "name",
-            port.as_str(), "netns", lan.name(),
+            "link",
+            "add",
+            "name",
+            LAN_INTERFACE,
+            "netns",
+            netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port.as_str(),
+            "netns",
+            lan.name(),
         ];
         run(&mut command("ip", args))
-        .with_context(|| format!("cannot attach {name} to the LAN"))?;
+            .with_context(|| format!("cannot attach {name} to the LAN"))?;
         lan.run("ip", ["link", "set", port.as_str(), "master", "br0", "up"])?;
         let address = lan_address(host);
         let cidr = format!("{address}/{LAN_PREFIX_LEN}");
         netns.run("ip", ["addr", "add", cidr.as_str(), "dev", LAN_INTERFACE])?;
         netns.run("ip", ["link", "set", LAN_INTERFACE, "up"])?;
-        Ok(Self { netns, name: name.to_string(), address })
+        Ok(Self {
+            netns,
+            name: name.to_string(),
+            address,
+        })
     }
 }
 
@@ -286,9 +343,17 @@ macro_rules! node_accessors {
         /// came back.
         pub fn ping(&self, address: Ipv4Addr) -> anyhow::Result<()> {
             let addr = address.to_string();
-            self.run("ping", ["-c", "3", "-i", "0.2", "-W", "2", "-q", addr.as_str()])
-                .map(drop)
-                .with_context(|| format!("{} cannot reach {address} (needs iputils-ping)", self.node.name))
+            self.run(
+                "ping",
+                ["-c", "3", "-i", "0.2", "-W", "2", "-q", addr.as_str()],
+            )
+            .map(drop)
+            .with_context(|| {
+                format!(
+                    "{} cannot reach {address} (needs iputils-ping)",
+                    self.node.name
+                )
+            })
         }
     };
 }
@@ -349,7 +414,11 @@ impl Client {
 fn unique_id(test_name: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let clock = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0) & 0xfff;
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_micros())
+        .unwrap_or(0)
+        & 0xfff;
     let mut slug = String::new();
     for c in test_name.chars().map(|c| c.to_ascii_lowercase()) {
         if c.is_ascii_alphanumeric() {

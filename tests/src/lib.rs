@@ -50,6 +50,7 @@
 //! assert!(footprint.leftovers().is_empty());
 //! # Ok(()) }
 //! ```
+pub mod agent;
 mod cmd;
 mod daemon;
 mod guard;
@@ -63,8 +64,8 @@ pub mod sys;
 pub use crate::{
     daemon::{Daemon, STOP_TIMEOUT},
     lab::{
-        BRIDGE_HOST, Client, DIR_PREFIX, LAN_INTERFACE, LAN_PREFIX_LEN, Lab, Lan, NETNS_PREFIX, Site, SiteOptions,
-        lan_address, service_address,
+        BRIDGE_HOST, Client, DIR_PREFIX, LAN_INTERFACE, LAN_PREFIX_LEN, Lab, Lan, NETNS_PREFIX,
+        Site, SiteOptions, lan_address, service_address,
     },
     netns::Netns,
     registry::Footprint,

@@ -15,7 +15,10 @@ pub(crate) struct Registry {
 impl Registry {
     pub fn new(dir: &Path) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Footprint { dir: dir.to_path_buf(), ..Footprint::default() })),
+            inner: Arc::new(Mutex::new(Footprint {
+                dir: dir.to_path_buf(),
+                ..Footprint::default()
+            })),
         }
     }
 

@@ -1,9 +1,5 @@
 //! Loop-backed XFS: a site's pool, and volumes (image files inside a pool).
-use std::{
-    any::Any,
-    path::Path,
-    sync::Arc,
-};
+use std::{any::Any, path::Path, sync::Arc};
 
 use anyhow::{Context as _, bail};
 
@@ -110,8 +106,14 @@ impl Pool {
         check_name(name)?;
         let image = self.mount_point().join(format!("{name}.img"));
         let mount_point = self.volumes_dir().join(name);
-        let mut volume = Volume::create_in(&image, &mount_point, size, self.inner.registry.as_ref())
-            .with_context(|| format!("cannot create volume {name} in pool {}", self.mount_point().display()))?;
+        let mut volume =
+            Volume::create_in(&image, &mount_point, size, self.inner.registry.as_ref())
+                .with_context(|| {
+                    format!(
+                        "cannot create volume {name} in pool {}",
+                        self.mount_point().display()
+                    )
+                })?;
         volume._pool = Some(self.clone());
         Ok(volume)
     }
@@ -138,7 +140,12 @@ impl Volume {
         Self::create_in(image, mount_point, size, None)
     }
 
-    fn create_in(image: &Path, mount_point: &Path, size: u64, registry: Option<&Registry>) -> anyhow::Result<Self> {
+    fn create_in(
+        image: &Path,
+        mount_point: &Path,
+        size: u64,
+        registry: Option<&Registry>,
+    ) -> anyhow::Result<Self> {
         let image_guard = FileGuard::sparse(image, size)?;
         if let Some(r) = registry {
             r.note_file(image);
@@ -151,7 +158,13 @@ impl Volume {
             Some(DirGuard::create(mount_point, false)?)
         };
         let mount = MountGuard::mount(loopdev.device(), mount_point, "xfs", None)?;
-        Ok(Self { mount, _mount_dir: mount_dir, loopdev, image: image_guard, _pool: None })
+        Ok(Self {
+            mount,
+            _mount_dir: mount_dir,
+            loopdev,
+            image: image_guard,
+            _pool: None,
+        })
     }
 
     /// The image file.
@@ -185,8 +198,13 @@ fn mkfs_xfs(file: &Path, extra: &[&str]) -> anyhow::Result<()> {
 pub(crate) fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 32
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         bail!("bad lab name {name:?}: use 1-32 of a-z 0-9 - _, starting with a letter or digit");
     }

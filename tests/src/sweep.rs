@@ -27,7 +27,9 @@ pub fn sweep_stale() -> anyhow::Result<Vec<String>> {
         for p in sys::pids_in_netns(&path) {
             // SAFETY: kill has no memory-safety preconditions.
             if unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) } == 0 {
-                done.push(format!("killed process {p} left in network namespace {name}"));
+                done.push(format!(
+                    "killed process {p} left in network namespace {name}"
+                ));
             }
         }
         for _ in 0..50 {
@@ -58,7 +60,10 @@ pub fn sweep_stale() -> anyhow::Result<Vec<String>> {
         let loops = sys::loops_backed_under(&dir).len();
         release_tree(&dir);
         if !sys::mounts_under(&dir).is_empty() {
-            eprintln!("vfsdr-lab: sweep: {} still has mounts below it; left in place", dir.display());
+            eprintln!(
+                "vfsdr-lab: sweep: {} still has mounts below it; left in place",
+                dir.display()
+            );
             continue;
         }
         match fs::remove_dir_all(&dir) {
@@ -71,14 +76,34 @@ pub fn sweep_stale() -> anyhow::Result<Vec<String>> {
     }
     // Loop devices whose backing files were already deleted, below a dead lab's directory.
     for l in sys::loop_devices() {
-        let Some(rest) = l.backing_file.strip_prefix(&tmp).ok().and_then(|r| r.iter().next()) else {
+        let Some(rest) = l
+            .backing_file
+            .strip_prefix(&tmp)
+            .ok()
+            .and_then(|r| r.iter().next())
+        else {
             continue;
         };
-        let Some(pid) = rest.to_str().and_then(|r| r.strip_prefix(DIR_PREFIX)).and_then(owner_pid) else {
+        let Some(pid) = rest
+            .to_str()
+            .and_then(|r| r.strip_prefix(DIR_PREFIX))
+            .and_then(owner_pid)
+        else {
             continue;
         };
-        if l.deleted && !alive(pid) && run(&mut command("losetup", ["-d".as_ref(), l.device.as_os_str()])).is_ok() {
-            done.push(format!("detached {} (backed by deleted {})", l.device.display(), l.backing_file.display()));
+        if l.deleted
+            && !alive(pid)
+            && run(&mut command(
+                "losetup",
+                ["-d".as_ref(), l.device.as_os_str()],
+            ))
+            .is_ok()
+        {
+            done.push(format!(
+                "detached {} (backed by deleted {})",
+                l.device.display(),
+                l.backing_file.display()
+            ));
         }
     }
     Ok(done)

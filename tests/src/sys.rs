@@ -18,7 +18,10 @@ pub fn mount_points() -> Vec<PathBuf> {
 
 /// Mount points at or below `dir`, deepest (last mounted) first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = mount_points().into_iter().filter(|m| m.starts_with(dir)).collect();
+    let mut v: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
     v.reverse();
     v.dedup();
     v
@@ -55,6 +58,9 @@ pub struct LoopDevice {
     pub backing_file: PathBuf,
     /// The backing file has been unlinked.
     pub deleted: bool,
+    /// The kernel detaches it by itself when its last user closes it (set by a detach of a busy
+    /// device, or by `mount -o loop`).
+    pub autoclear: bool,
 }
 
 /// Every bound loop device, from /sys/block/loop*/loop/backing_file.
@@ -76,7 +82,14 @@ pub fn loop_devices() -> Vec<LoopDevice> {
             Some(f) => (f, true),
             None => (back, false),
         };
-        v.push(LoopDevice { device: PathBuf::from("/dev").join(&name), backing_file: file.into(), deleted });
+        let autoclear =
+            fs::read_to_string(e.path().join("loop/autoclear")).is_ok_and(|a| a.trim() == "1");
+        v.push(LoopDevice {
+            device: PathBuf::from("/dev").join(&name),
+            backing_file: file.into(),
+            deleted,
+            autoclear,
+        });
     }
     v.sort_by(|a, b| a.device.cmp(&b.device));
     v
@@ -84,12 +97,18 @@ pub fn loop_devices() -> Vec<LoopDevice> {
 
 /// Loop devices whose backing file is `file`.
 pub fn loops_backed_by(file: &Path) -> Vec<LoopDevice> {
-    loop_devices().into_iter().filter(|l| l.backing_file == file).collect()
+    loop_devices()
+        .into_iter()
+        .filter(|l| l.backing_file == file)
+        .collect()
 }
 
 /// Loop devices whose backing file lies below `dir`.
 pub fn loops_backed_under(dir: &Path) -> Vec<LoopDevice> {
-    loop_devices().into_iter().filter(|l| l.backing_file.starts_with(dir)).collect()
+    loop_devices()
+        .into_iter()
+        .filter(|l| l.backing_file.starts_with(dir))
+        .collect()
 }
 
 /// The loop device's backing file, if it is bound.
@@ -106,7 +125,10 @@ pub fn netns_names() -> Vec<String> {
     let Ok(entries) = fs::read_dir("/run/netns") else {
         return Vec::new();
     };
-    let mut v: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }

@@ -36,6 +36,9 @@ const PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// A setup item: checks, installs if missing, and says what it found or did.
+type Item = fn() -> anyhow::Result<(Outcome, String)>;
+
 /// What an item needed: nothing, or an installation that was done now.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -44,7 +47,7 @@ enum Outcome {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let items: [(&str, fn() -> anyhow::Result<(Outcome, String)>); 4] = [
+    let items: [(&str, Item); 4] = [
         ("Debian packages", debian_packages),
         ("nightly toolchain", nightly),
         ("bpf-linker", bpf_linker),
@@ -81,7 +84,10 @@ fn debian_packages() -> anyhow::Result<(Outcome, String)> {
     let missing = missing_packages()?;
     if missing.is_empty() {
         println!("ok: Debian packages present ({})", PACKAGES.join(" "));
-        return Ok((Outcome::Present, format!("{} packages installed", PACKAGES.len())));
+        return Ok((
+            Outcome::Present,
+            format!("{} packages installed", PACKAGES.len()),
+        ));
     }
     if !is_root() {
         bail!(
@@ -98,8 +104,15 @@ fn debian_packages() -> anyhow::Result<(Outcome, String)> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     let still = missing_packages()?;
-    ensure!(still.is_empty(), "apt-get install ran, but still missing: {}", still.join(" "));
-    Ok((Outcome::Installed, format!("installed {}", missing.join(" "))))
+    ensure!(
+        still.is_empty(),
+        "apt-get install ran, but still missing: {}",
+        still.join(" ")
+    );
+    Ok((
+        Outcome::Installed,
+        format!("installed {}", missing.join(" ")),
+    ))
 }
 
 /// Packages from [`PACKAGES`] that dpkg does not report as "install ok installed".
@@ -136,20 +149,46 @@ fn nightly() -> anyhow::Result<(Outcome, String)> {
     if !has_nightly {
         println!("installing Rust toolchain nightly with rust-src ...");
         let mut cmd = Command::new("rustup");
-        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]);
+        cmd.args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]);
         util::run(&mut cmd).context(
             "could not install the Rust nightly toolchain, which the eBPF build needs; rustup must \
              reach static.rust-lang.org (or install nightly with rust-src by hand and rerun)",
         )?;
-        ensure!(has_rust_src()?, "nightly was installed but rust-src is not listed as installed");
-        return Ok((Outcome::Installed, format!("installed {}", nightly_version()?)));
+        ensure!(
+            has_rust_src()?,
+            "nightly was installed but rust-src is not listed as installed"
+        );
+        return Ok((
+            Outcome::Installed,
+            format!("installed {}", nightly_version()?),
+        ));
     }
     if !has_rust_src()? {
         println!("installing rust-src for nightly ...");
-        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("could not add rust-src to the nightly toolchain (the eBPF build needs it)")?;
-        ensure!(has_rust_src()?, "rustup component add ran, but rust-src is still not installed");
-        return Ok((Outcome::Installed, format!("{} + rust-src added", nightly_version()?)));
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("could not add rust-src to the nightly toolchain (the eBPF build needs it)")?;
+        ensure!(
+            has_rust_src()?,
+            "rustup component add ran, but rust-src is still not installed"
+        );
+        return Ok((
+            Outcome::Installed,
+            format!("{} + rust-src added", nightly_version()?),
+        ));
     }
     let version = nightly_version()?;
     println!("ok: Rust nightly toolchain with rust-src present ({version})");
@@ -157,8 +196,16 @@ fn nightly() -> anyhow::Result<(Outcome, String)> {
 }
 
 fn has_rust_src() -> anyhow::Result<bool> {
-    let list = capture(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
-    Ok(list.lines().any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-")))
+    let list = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    Ok(list
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-")))
 }
 
 fn nightly_version() -> anyhow::Result<String> {
@@ -175,7 +222,9 @@ struct NightlyLlvm {
 }
 
 fn nightly_llvm() -> anyhow::Result<NightlyLlvm> {
-    let sysroot = PathBuf::from(capture(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let sysroot = PathBuf::from(
+        capture(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
     let libdir = sysroot.join("lib");
     let mut found: Vec<String> = fs::read_dir(&libdir)
         .with_context(|| format!("cannot read {}", libdir.display()))?
@@ -185,8 +234,15 @@ fn nightly_llvm() -> anyhow::Result<NightlyLlvm> {
     found.sort();
     let file_name = match found.as_slice() {
         [one] => one.clone(),
-        [] => bail!("no libLLVM.so.*-nightly in {} (is the nightly toolchain complete?)", libdir.display()),
-        many => bail!("several libLLVM.so.*-nightly in {}: {}", libdir.display(), many.join(", ")),
+        [] => bail!(
+            "no libLLVM.so.*-nightly in {} (is the nightly toolchain complete?)",
+            libdir.display()
+        ),
+        many => bail!(
+            "several libLLVM.so.*-nightly in {}: {}",
+            libdir.display(),
+            many.join(", ")
+        ),
     };
     // libLLVM.so.22.1-rust-1.97.0-nightly -> 22
     let major = file_name["libLLVM.so.".len()..]
@@ -194,7 +250,11 @@ fn nightly_llvm() -> anyhow::Result<NightlyLlvm> {
         .next()
         .and_then(|m| m.parse().ok())
         .with_context(|| format!("cannot read the LLVM major version from {file_name}"))?;
-    Ok(NightlyLlvm { lib: libdir.join(&file_name), file_name, major })
+    Ok(NightlyLlvm {
+        lib: libdir.join(&file_name),
+        file_name,
+        major,
+    })
 }
 
 fn bpf_linker() -> anyhow::Result<(Outcome, String)> {
@@ -219,7 +279,9 @@ fn bpf_linker() -> anyhow::Result<(Outcome, String)> {
                 }
                 Err(e) => println!("bpf-linker does not work ({e:#}); rebuilding"),
             },
-            Some(_) => println!("bpf-linker was built against another libLLVM (stamp differs); rebuilding"),
+            Some(_) => {
+                println!("bpf-linker was built against another libLLVM (stamp differs); rebuilding")
+            }
             None => {
                 // Built by hand without a stamp: trust it only if it runs, is the right version and
                 // needs exactly this libLLVM.
@@ -238,7 +300,14 @@ fn bpf_linker() -> anyhow::Result<(Outcome, String)> {
     println!("installing bpf-linker {detail} (takes about 4 minutes) ...");
     let mut cmd = util::cargo();
     cmd.env("LLVM_PREFIX", tools.join("llvm"))
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--force",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{}", llvm.major)])
         .arg("--root")
         .arg(&tools);
@@ -256,7 +325,10 @@ fn link_llvm_prefix(dir: &Path, llvm: &NightlyLlvm) -> anyhow::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("libLLVM.so.") && name != llvm.file_name && entry.file_type()?.is_symlink() {
+        if name.starts_with("libLLVM.so.")
+            && name != llvm.file_name
+            && entry.file_type()?.is_symlink()
+        {
             println!("removing stale link {}", entry.path().display());
             fs::remove_file(entry.path())?;
         }
@@ -268,7 +340,8 @@ fn link_llvm_prefix(dir: &Path, llvm: &NightlyLlvm) -> anyhow::Result<()> {
         }
         println!("linking {} -> {}", link.display(), llvm.lib.display());
         let _ = fs::remove_file(&link);
-        symlink(&llvm.lib, &link).with_context(|| format!("cannot create symlink {}", link.display()))?;
+        symlink(&llvm.lib, &link)
+            .with_context(|| format!("cannot create symlink {}", link.display()))?;
     }
     Ok(())
 }
@@ -276,7 +349,12 @@ fn link_llvm_prefix(dir: &Path, llvm: &NightlyLlvm) -> anyhow::Result<()> {
 fn linker_version_ok(bin: &Path) -> anyhow::Result<()> {
     let out = capture(Command::new(bin).arg("--version"))?;
     let expected = format!("bpf-linker {BPF_LINKER_VERSION}");
-    ensure!(out.trim() == expected, "{} --version says {:?}, expected {expected:?}", bin.display(), out.trim());
+    ensure!(
+        out.trim() == expected,
+        "{} --version says {:?}, expected {expected:?}",
+        bin.display(),
+        out.trim()
+    );
     Ok(())
 }
 
@@ -304,10 +382,16 @@ fn tracefs() -> anyhow::Result<(Outcome, String)> {
         println!("ok: tracefs present at {TRACEFS}");
         return Ok((Outcome::Present, format!("mounted at {TRACEFS}")));
     }
-    ensure!(is_root(), "tracefs is not mounted at {TRACEFS}; mounting it needs root");
+    ensure!(
+        is_root(),
+        "tracefs is not mounted at {TRACEFS}; mounting it needs root"
+    );
     println!("installing tracefs mount at {TRACEFS} ...");
     util::run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))?;
-    ensure!(tracefs_mounted()?, "mount ran, but {TRACEFS} is still not a tracefs mount");
+    ensure!(
+        tracefs_mounted()?,
+        "mount ran, but {TRACEFS} is still not a tracefs mount"
+    );
     Ok((Outcome::Installed, format!("mounted at {TRACEFS}")))
 }
 
@@ -323,7 +407,9 @@ fn tracefs_mounted() -> anyhow::Result<bool> {
 
 /// Runs a command quietly and returns its stdout; the error names the command and carries stderr.
 fn capture(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("failed to start {}", util::show(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {}", util::show(cmd)))?;
     ensure!(
         out.status.success(),
         "{} failed ({}): {}",

@@ -92,6 +92,10 @@ impl fmt::Display for InvalidDisplay<'_> {
 }
 
 /// Reads and validates the configuration file at `path`.
+///
+/// # Errors
+/// [`ConfigError::Read`] if the file cannot be read (or is not UTF-8), [`ConfigError::Invalid`]
+/// with every problem found if it is not a valid configuration.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -101,6 +105,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validates configuration `text`; `origin` is the file named in the problems.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every problem found, in file order.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         path: origin.to_owned(),

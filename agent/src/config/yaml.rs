@@ -222,15 +222,15 @@ fn scalar_kind(
         "" | "~" | "null" | "Null" | "NULL" => Scalar::Null,
         "true" | "True" | "TRUE" | "false" | "False" | "FALSE" => Scalar::Bool,
         _ => match parse_int(text) {
-            Some(value) => Scalar::Int(value),
+            Some(int) => int,
             None if is_float(text) => Scalar::Float,
             None => Scalar::Str,
         },
     })
 }
 
-/// `Some(value)` when `text` is a core-schema integer (`value` is `None` if it is too large).
-fn parse_int(text: &str) -> Option<Option<i128>> {
+/// `Some(Scalar::Int(_))` when `text` is a core-schema integer, `None` when it is not.
+fn parse_int(text: &str) -> Option<Scalar> {
     let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
     let (body, radix) = if let Some(hex) = text.strip_prefix("0x") {
         (hex, 16)
@@ -247,7 +247,7 @@ fn parse_int(text: &str) -> Option<Option<i128>> {
     } else {
         i128::from_str_radix(body, radix)
     };
-    Some(value.ok())
+    Some(Scalar::Int(value.ok()))
 }
 
 /// Whether `text` is a core-schema float (`1.5`, `-2e3`, `.inf`, `.nan`, ...).

@@ -60,6 +60,8 @@ impl AsRawFd for WakeFd {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = config::load(config_path)?;
+    // Absolute, so a reload reads the same file whatever the working directory.
+    let config_path = &std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
     let site = config.site.name.clone();
     let probes = EbpfProbes::load()?;
     let mut agent = Agent::start(config_path, config, Box::new(probes), Box::new(SystemDevices))?;

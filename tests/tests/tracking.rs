@@ -1,0 +1,224 @@
+//! Root tests of eBPF write tracking on real loop-backed XFS volumes in the lab.
+use std::{
+    fs::File,
+    io::Read as _,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use vfsdr_lab::{Lab, agent::{Agent, vfsdr_bin, write_config}, require_root};
+
+const BLOCK: usize = 4096;
+const MIB: u64 = 1 << 20;
+
+fn sh(script: &str) -> anyhow::Result<()> {
+    let out = Command::new("sh").args(["-ec", script]).output()?;
+    ensure!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Freezes the file system, runs `f`, thaws it again even if `f` failed.
+fn frozen<T>(mount: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    sh(&format!("fsfreeze -f '{}'", mount.display()))?;
+    let r = f();
+    sh(&format!("fsfreeze -u '{}'", mount.display()))?;
+    r
+}
+
+/// Indexes of the 4 KiB blocks that differ between two images of the same size.
+fn differing_blocks(a: &Path, b: &Path) -> anyhow::Result<Vec<u64>> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    ensure!(fa.metadata()?.len() == fb.metadata()?.len(), "images differ in size");
+    let mut out = Vec::new();
+    let (mut ba, mut bb) = (vec![0u8; 256 * BLOCK], vec![0u8; 256 * BLOCK]);
+    let mut block = 0u64;
+    loop {
+        let n = read_full(&mut fa, &mut ba)?;
+        ensure!(read_full(&mut fb, &mut bb)? == n, "short read");
+        if n == 0 {
+            return Ok(out);
+        }
+        for (ca, cb) in ba[..n].chunks(BLOCK).zip(bb[..n].chunks(BLOCK)) {
+            if ca != cb {
+                out.push(block);
+            }
+            block += 1;
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> anyhow::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Every 4 KiB block that changed on the volume is in the tracked set, for buffered writes,
+/// O_DIRECT, overwrite in place, many small files, deletes and fstrim.
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, loads eBPF"]
+fn every_changed_block_is_tracked() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("tracking-complete")?;
+    let site = lab.add_site("site-a")?;
+    let vol = site.pool().create_volume("data", 512 * MIB)?;
+    let config = write_config(
+        &site,
+        &format!("volumes:\n  - name: data\n    image: {}\n", vol.image().display()),
+    )?;
+    let agent = Agent::start(&site, &config)?;
+    let mnt = vol.mount_point().to_owned();
+    let before = site.pool().mount_point().join("before.img");
+    let after = site.pool().mount_point().join("after.img");
+
+    // Baseline: with the file system frozen, copy the image and start a new mark.
+    sh(&format!("dd if=/dev/urandom of='{}/seed' bs=1M count=24 status=none; sync", mnt.display()))?;
+    frozen(&mnt, || {
+        sh(&format!("cp --reflink=always '{}' '{}'", vol.image().display(), before.display()))?;
+        agent.changed("data", true).map(drop)
+    })?;
+
+    let m = mnt.display();
+    // Each phase ends at a checkpoint: frozen, the image copied and the mark taken together.
+    let phases: [(&str, &[String]); 2] = [
+        ("writes", &[
+            format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
+            format!("dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"),
+            format!("dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"),
+            format!("dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"),
+            format!("mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"),
+        ]),
+        ("deletes and fstrim", &[
+            format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
+            format!("sync; fstrim '{m}'"),
+        ]),
+    ];
+    for (phase, steps) in phases {
+        for step in steps {
+            sh(step)?;
+        }
+        let tracked = frozen(&mnt, || {
+            sh(&format!("cp --reflink=always '{}' '{}'", vol.image().display(), after.display()))?;
+            agent.changed("data", true)
+        })?;
+        let changed = differing_blocks(&before, &after)?;
+        let missed: Vec<u64> = changed.iter().copied().filter(|b| !tracked.contains(*b)).collect();
+        let extra = tracked.blocks() - (changed.len() - missed.len()) as u64;
+        eprintln!(
+            "completeness, {phase}: {} blocks changed, {} tracked, {} missed, {} extra",
+            changed.len(),
+            tracked.blocks(),
+            missed.len(),
+            extra,
+        );
+        ensure!(changed.len() > 4_000, "{phase} changed only {} blocks", changed.len());
+        ensure!(!tracked.incomplete, "the agent reports dropped extents");
+        ensure!(
+            missed.is_empty(),
+            "{phase}: {} changed blocks were not tracked, first: {:?}",
+            missed.len(),
+            &missed[..missed.len().min(20)]
+        );
+        std::fs::rename(&after, &before)?;
+    }
+
+    let status = agent.status()?;
+    let v = &status["tracking"]["volumes"][0];
+    ensure!(v["discarded_bytes"].as_u64().unwrap_or(0) > 0, "fstrim discards not counted: {v}");
+    ensure!(v["written_bytes"].as_u64().unwrap_or(0) > 40 * MIB, "writes not counted: {v}");
+    agent.stop()?;
+    std::fs::remove_file(before)?;
+    Ok(())
+}
+
+/// The agent refuses to start when a configured device or image is missing, and says which.
+#[test]
+#[ignore = "root: builds lab namespaces and runs the agent"]
+fn a_missing_volume_stops_the_start() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("tracking-missing")?;
+    let site = lab.add_site("site-a")?;
+    let missing = site.dir().join("nope.img");
+    for (key, path) in [("image", missing.clone()), ("device", site.dir().join("no-such-device"))] {
+        let config = write_config(
+            &site,
+            &format!("volumes:\n  - name: data\n    {key}: {}\n", path.display()),
+        )?;
+        let out = site
+            .command(vfsdr_bin()?)
+            .args(["agent", "--log", "stderr", "--config"])
+            .arg(&config)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "the agent started without {}", path.display());
+        let want = format!("volume data: {} does not exist", path.display());
+        ensure!(stderr.contains(&want), "expected `{want}` in:\n{stderr}");
+        ensure!(!site.run_dir().join("agent.sock").exists(), "socket left behind");
+    }
+    Ok(())
+}
+
+/// An image the agent attached itself is detached again when it stops; SIGHUP with a broken
+/// configuration keeps the running one; SIGHUP with a new volume starts watching it.
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, loads eBPF"]
+fn reload_and_clean_stop() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("tracking-reload")?;
+    let site = lab.add_site("site-a")?;
+    let vol = site.pool().create_volume("data", 320 * MIB)?;
+    let spare = site.pool().mount_point().join("spare.img");
+    sh(&format!("truncate -s 64M '{}'", spare.display()))?;
+    let one = format!("volumes:\n  - name: data\n    image: {}\n", vol.image().display());
+    let config = write_config(&site, &one)?;
+    let agent = Agent::start(&site, &config)?;
+
+    std::fs::write(&config, "version: 1\nsite: {name: site-a}\nvolumes: [{name: x}]\n")?;
+    signal(agent.pid(), libc::SIGHUP);
+    wait_for(|| agent.log_text().contains("config_reload_failed"))?;
+    ensure!(agent.log_text().contains("volumes[0]"), "reload error does not name the field:\n{}", agent.log_text());
+    ensure!(agent.status()?["volumes"].as_array().map(Vec::len) == Some(1));
+
+    write_config(&site, &format!("{one}  - name: spare\n    image: {}\n", spare.display()))?;
+    signal(agent.pid(), libc::SIGHUP);
+    wait_for(|| agent.log_text().contains("config_reloaded"))?;
+    let status = agent.status()?;
+    let vols = status["volumes"].as_array().context("volumes")?;
+    ensure!(vols.len() == 2, "{status}");
+    ensure!(vols[1]["attached_by_agent"] == true, "{status}");
+    let spare_dev = vols[1]["device"].as_str().context("device")?.to_owned();
+
+    let exit = agent.stop()?;
+    ensure!(exit.success(), "agent exited with {exit}");
+    let out = Command::new("losetup").arg("-j").arg(&spare).output()?;
+    ensure!(out.stdout.is_empty(), "{spare_dev} still attached: {}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: signals the agent this test started, by its pid.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        if Instant::now() > deadline {
+            bail!("timed out");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
