@@ -43,7 +43,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use tracing_journald::{Priority, PriorityMappings};
-use tracing_subscriber::{EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 /// The journald native-protocol socket.
 pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
@@ -109,7 +111,12 @@ impl Environment {
     /// `JOURNAL_STREAM` check does): a child whose stderr was redirected elsewhere inherits the
     /// variable but no longer matches.
     pub fn connected_to_journal(&self) -> bool {
-        match (self.journal_stream.as_deref().and_then(parse_journal_stream), self.stderr_id) {
+        match (
+            self.journal_stream
+                .as_deref()
+                .and_then(parse_journal_stream),
+            self.stderr_id,
+        ) {
             (Some(stream), Some(stderr)) => stream == stderr,
             _ => false,
         }
@@ -216,7 +223,12 @@ pub fn init(target: LogTarget, level: tracing::Level) -> anyhow::Result<LogTarge
 mod tests {
     use super::*;
 
-    fn env(stream: Option<&str>, stderr: Option<(u64, u64)>, tty: bool, socket: bool) -> Environment {
+    fn env(
+        stream: Option<&str>,
+        stderr: Option<(u64, u64)>,
+        tty: bool,
+        socket: bool,
+    ) -> Environment {
         Environment {
             journal_stream: stream.map(str::to_owned),
             stderr_id: stderr,
@@ -254,9 +266,18 @@ mod tests {
 
     #[test]
     fn auto_uses_socket_only_when_stderr_is_not_a_terminal() {
-        assert_eq!(decide(LogTarget::Auto, &env(None, None, false, true)), LogTarget::Journald);
-        assert_eq!(decide(LogTarget::Auto, &env(None, None, true, true)), LogTarget::Stderr);
-        assert_eq!(decide(LogTarget::Auto, &env(None, None, false, false)), LogTarget::Stderr);
+        assert_eq!(
+            decide(LogTarget::Auto, &env(None, None, false, true)),
+            LogTarget::Journald
+        );
+        assert_eq!(
+            decide(LogTarget::Auto, &env(None, None, true, true)),
+            LogTarget::Stderr
+        );
+        assert_eq!(
+            decide(LogTarget::Auto, &env(None, None, false, false)),
+            LogTarget::Stderr
+        );
         assert_eq!(
             decide(LogTarget::Auto, &env(Some("1:2"), Some((3, 4)), true, true)),
             LogTarget::Stderr
@@ -274,7 +295,10 @@ mod tests {
     #[test]
     fn probe_reads_this_process() {
         let e = Environment::probe();
-        assert_eq!(e.journald_socket_exists, Path::new(JOURNALD_SOCKET).exists());
+        assert_eq!(
+            e.journald_socket_exists,
+            Path::new(JOURNALD_SOCKET).exists()
+        );
         assert!(e.stderr_id.is_some(), "the test harness has a stderr");
     }
 
@@ -291,7 +315,10 @@ mod tests {
     #[test]
     fn invalid_rust_log_is_an_error() {
         let err = filter(tracing::Level::INFO, Some("vfsdr=loud")).unwrap_err();
-        assert!(format!("{err:#}").contains("RUST_LOG=\"vfsdr=loud\""), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("RUST_LOG=\"vfsdr=loud\""),
+            "{err:#}"
+        );
     }
 
     #[test]

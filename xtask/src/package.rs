@@ -22,8 +22,16 @@ struct Tool {
 
 /// Versions the packaging metadata was written and tested against.
 const TOOLS: [Tool; 2] = [
-    Tool { subcommand: "deb", krate: "cargo-deb", version: "^3.8" },
-    Tool { subcommand: "generate-rpm", krate: "cargo-generate-rpm", version: "^0.21" },
+    Tool {
+        subcommand: "deb",
+        krate: "cargo-deb",
+        version: "^3.8",
+    },
+    Tool {
+        subcommand: "generate-rpm",
+        krate: "cargo-generate-rpm",
+        version: "^0.21",
+    },
 ];
 
 /// The default configuration shipped as /etc/vfsdr/vfsdr.yaml.
@@ -32,13 +40,20 @@ const DEFAULT_CONFIG: &str = "config/vfsdr.yaml";
 pub fn run() -> anyhow::Result<()> {
     let root = util::root();
     if !root.join(DEFAULT_CONFIG).is_file() {
-        bail!("{} is missing: it is packaged as /etc/vfsdr/vfsdr.yaml", root.join(DEFAULT_CONFIG).display());
+        bail!(
+            "{} is missing: it is packaged as /etc/vfsdr/vfsdr.yaml",
+            root.join(DEFAULT_CONFIG).display()
+        );
     }
     for tool in &TOOLS {
         ensure_tool(tool)?;
     }
-    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
-        eprintln!("warning: AYA_BUILD_SKIP is set: the packaged agent will not be able to load its eBPF probes");
+    if std::env::var_os("AYA_BUILD_SKIP")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    {
+        eprintln!(
+            "warning: AYA_BUILD_SKIP is set: the packaged agent will not be able to load its eBPF probes"
+        );
     }
 
     util::run(util::cargo().args(["build", "--release", "-p", "vfsdr"]))?;
@@ -49,8 +64,16 @@ pub fn run() -> anyhow::Result<()> {
     let out = root.join("target").join("packages");
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     remove_old_packages(&out)?;
-    util::run(util::cargo().args(["deb", "-p", "vfsdr", "--no-build", "--output"]).arg(&out))?;
-    util::run(util::cargo().args(["generate-rpm", "-p", "agent", "--output"]).arg(&out))?;
+    util::run(
+        util::cargo()
+            .args(["deb", "-p", "vfsdr", "--no-build", "--output"])
+            .arg(&out),
+    )?;
+    util::run(
+        util::cargo()
+            .args(["generate-rpm", "-p", "agent", "--output"])
+            .arg(&out),
+    )?;
 
     let built = packages_in(&out)?;
     if built.is_empty() {
@@ -75,7 +98,10 @@ fn ensure_tool(tool: &Tool) -> anyhow::Result<()> {
         eprintln!("{} is installed", tool.krate);
         return Ok(());
     }
-    eprintln!("{} is not installed; installing it from crates.io", tool.krate);
+    eprintln!(
+        "{} is not installed; installing it from crates.io",
+        tool.krate
+    );
     util::run(util::cargo().args(["install", "--locked", tool.krate, "--version", tool.version]))
 }
 
@@ -83,13 +109,21 @@ fn ensure_tool(tool: &Tool) -> anyhow::Result<()> {
 fn target_dir() -> anyhow::Result<PathBuf> {
     let mut cmd = util::cargo();
     cmd.args(["metadata", "--format-version", "1", "--no-deps"]);
-    let output = cmd.output().with_context(|| format!("failed to start {}", util::show(&cmd)))?;
+    let output = cmd
+        .output()
+        .with_context(|| format!("failed to start {}", util::show(&cmd)))?;
     if !output.status.success() {
-        bail!("{} failed: {}", util::show(&cmd), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{} failed: {}",
+            util::show(&cmd),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("cargo metadata printed invalid JSON")?;
-    let dir = meta["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    let dir = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
 
