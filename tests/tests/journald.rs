@@ -1,6 +1,7 @@
-//! Root test: with `--log journald` the agent writes structured journal entries: its start and
-//! stop events carry `SYSLOG_IDENTIFIER=vfsdr`, `SITE`, `EVENT` and the right `PRIORITY`, through
-//! journald's native protocol.
+//! Root tests: with `--log journald`, and with `--log auto` when stderr is not a terminal, the
+//! agent writes structured journal entries: its start and stop events carry
+//! `SYSLOG_IDENTIFIER=vfsdr`, `SITE`, `EVENT` and the right `PRIORITY`, through journald's native
+//! protocol.
 //!
 //! Uses the running journald, or starts a standalone `/lib/systemd/systemd-journald` for the test
 //! and stops exactly that process afterwards. The agent is `VFSDR_BIN` (default
@@ -26,6 +27,18 @@ const PRIORITY_INFO: &str = "6";
 #[test]
 #[ignore = "root: starts systemd-journald if none runs, runs the agent as root"]
 fn agent_start_and_stop_reach_journald_with_structured_fields() -> anyhow::Result<()> {
+    agent_logs_to_journald("journald", "j")
+}
+
+/// `--log auto` with stderr redirected to a file (not a terminal) and journald answering: the
+/// agent picks journald, as under systemd.
+#[test]
+#[ignore = "root: starts systemd-journald if none runs, runs the agent as root"]
+fn auto_picks_journald_when_stderr_is_not_a_terminal() -> anyhow::Result<()> {
+    agent_logs_to_journald("auto", "a")
+}
+
+fn agent_logs_to_journald(log: &str, tag: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -37,8 +50,8 @@ fn agent_start_and_stop_reach_journald_with_structured_fields() -> anyhow::Resul
     let pid = std::process::id();
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 1_000_000;
     // Unique to this run, also in a persistent journal that holds earlier runs.
-    let site = format!("jtest-{pid}-{stamp}");
-    let dir = TempDir::new(&format!("vfsdr-journald-{pid}-{stamp}"))?;
+    let site = format!("jtest{tag}-{pid}-{stamp}");
+    let dir = TempDir::new(&format!("vfsdr-journald-{tag}-{pid}-{stamp}"))?;
     let config = dir.path.join("vfsdr.yaml");
     fs::write(
         &config,
@@ -50,7 +63,7 @@ fn agent_start_and_stop_reach_journald_with_structured_fields() -> anyhow::Resul
     )?;
 
     let output = dir.path.join("agent.out");
-    let mut agent = Agent::spawn(&bin, &config, &output)?;
+    let mut agent = Agent::spawn(&bin, &config, log, &output)?;
     let agent_pid = agent.pid();
 
     let started = wait_for_event(
@@ -272,13 +285,13 @@ impl Drop for Journald {
 struct Agent(Child);
 
 impl Agent {
-    fn spawn(bin: &Path, config: &Path, output: &Path) -> anyhow::Result<Self> {
+    fn spawn(bin: &Path, config: &Path, log: &str, output: &Path) -> anyhow::Result<Self> {
         let out = fs::File::create(output)?;
         let child = Command::new(bin)
             .arg("agent")
             .arg("--config")
             .arg(config)
-            .args(["--log", "journald"])
+            .args(["--log", log])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -165,7 +165,13 @@ impl Decoder {
             state_dir,
             runtime_dir,
             tracking,
+            peers: Vec::new(),
+            resources: crate::config::Resources {
+                mount_root: "/srv/vfsdr/mnt".into(),
+                ..Default::default()
+            },
             volumes,
+            vfs: Vec::new(),
         })
     }
 
@@ -234,6 +240,8 @@ impl Decoder {
         let name = self.required(&site, "name")?;
         Some(Site {
             name: self.check(name, &site.path("name"), values::name)?,
+            listen: None,
+            tls: None,
         })
     }
 

@@ -7,6 +7,7 @@
 
 mod decode;
 mod model;
+mod vfs;
 #[cfg(test)]
 mod tests;
 mod values;

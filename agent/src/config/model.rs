@@ -1,7 +1,10 @@
-//! The site configuration, as loaded and validated from YAML (`version: 1`).
-use std::path::PathBuf;
+//! The site configuration, as loaded and validated from YAML (`version: 2`).
+use std::{net::SocketAddr, path::PathBuf};
+
+pub use super::vfs::*;
 
 /// Current version of the configuration file format.
+/// 2: peers, TLS, resources and VFS definitions.
 pub const VERSION: u32 = 1;
 
 /// A validated site configuration.
@@ -14,14 +17,67 @@ pub struct Config {
     /// Runtime files: the API socket (default `/run/vfsdr`).
     pub runtime_dir: PathBuf,
     pub tracking: Tracking,
-    /// Volumes whose writes are tracked.
+    /// Other sites this one talks to (unique names, not this site's).
+    pub peers: Vec<Peer>,
+    /// What this site offers to VFSs failing over to it.
+    pub resources: Resources,
+    /// Devices or images whose writes are tracked outside any VFS.
     pub volumes: Vec<Volume>,
+    /// The VFSs defined here: this site is their active site (unique names).
+    pub vfs: Vec<VfsDef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
     /// `[a-z0-9-]`, 1 to 32 characters, starting with a letter.
     pub name: String,
+    /// Where the peer link listens (`ip:port`); absent: no peer link (no `peers` allowed then).
+    pub listen: Option<SocketAddr>,
+    /// Certificates of the peer link; required when `listen` or `peers` is set.
+    pub tls: Option<Tls>,
+}
+
+/// PEM files of the peer link (absolute paths). Peers must present a certificate signed by
+/// `ca` whose DNS name is their site name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its site name (name rules), which its certificate must carry.
+    pub name: String,
+    /// Its peer link address (`ip:port`).
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Resources {
+    /// Links VFS interfaces may use, by network (unique link names).
+    pub links: Vec<Link>,
+    /// Where volume images, replicas and snapshots live; absent: this site hosts no volumes.
+    pub pool: Option<Pool>,
+    /// Under which VFS volumes are mounted by default (default `/srv/vfsdr/mnt`).
+    pub mount_root: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// A kernel link name (1 to 15 characters, no `/`, whitespace or `:`).
+    pub name: String,
+    /// Network names (name rules), at least one.
+    pub networks: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// A directory on a reflink-capable file system (absolute).
+    pub path: PathBuf,
+    /// Space always left free (YAML `reserve: 1GiB`; default 0).
+    pub reserve_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -36,14 +36,24 @@ fn minimal_config_takes_the_defaults() {
     let config = ok(HEAD);
     let expected = Config {
         version: 1,
-        site: Site { name: "s".into() },
+        site: Site {
+            name: "s".into(),
+            listen: None,
+            tls: None,
+        },
         state_dir: DEFAULT_STATE_DIR.into(),
         runtime_dir: DEFAULT_RUNTIME_DIR.into(),
         tracking: Tracking {
             poll_interval_ms: 200,
             top_writers: 10,
         },
+        peers: Vec::new(),
+        resources: crate::config::Resources {
+            mount_root: "/srv/vfsdr/mnt".into(),
+            ..Default::default()
+        },
         volumes: Vec::new(),
+        vfs: Vec::new(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.api_socket(), Path::new("/run/vfsdr/agent.sock"));

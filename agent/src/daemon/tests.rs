@@ -14,13 +14,20 @@ use crate::{
 fn config(volumes: &[(&str, VolumeSource)]) -> Config {
     Config {
         version: 1,
-        site: Site { name: "site-a".into() },
+        site: Site {
+            name: "site-a".into(),
+            listen: None,
+            tls: None,
+        },
         state_dir: "/var/lib/vfsdr".into(),
         runtime_dir: "/run/vfsdr".into(),
         tracking: Tracking {
             poll_interval_ms: 200,
             top_writers: 5,
         },
+        peers: Vec::new(),
+        resources: Default::default(),
+        vfs: Vec::new(),
         volumes: volumes
             .iter()
             .map(|(n, s)| Volume {

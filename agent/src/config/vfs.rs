@@ -1,0 +1,137 @@
+//! A virtual file server's definition. The active site reads it from its configuration and sends
+//! it to its DR site over the peer link, which keeps it in its state store; so it serializes
+//! (serde, JSON on the wire and in SQLite) and `VfsDef::validate` checks a received one as
+//! strictly as the configuration decoder checks a local one.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfsDef {
+    /// Same rules as a site name (`[a-z0-9-]`, 1 to 32, starting with a letter); at most 11
+    /// characters, so link names derived from it fit the kernel's 15.
+    pub name: String,
+    /// At least one.
+    pub volumes: Vec<VfsVolume>,
+    /// At least one.
+    pub interfaces: Vec<VfsInterface>,
+    pub smb: Smb,
+    pub replication: Replication,
+    pub snapshots: Retention,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfsVolume {
+    /// Unique within the VFS; name rules.
+    pub name: String,
+    /// YAML: `size: 2GiB` (units B, KiB, MiB, GiB, TiB; at least 300 MiB for XFS).
+    pub size_bytes: u64,
+    pub filesystem: FsType,
+    /// Absolute mount path, the same at every site (default `<mount_root>/<vfs>/<volume>`).
+    pub mount: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Xfs,
+    Ext4,
+    Btrfs,
+}
+
+impl FsType {
+    /// The kernel's name for it (as in /proc/filesystems and mount(2)).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            FsType::Xfs => "xfs",
+            FsType::Ext4 => "ext4",
+            FsType::Btrfs => "btrfs",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfsInterface {
+    /// Unique within the VFS; name rules (e.g. `smb0`).
+    pub name: String,
+    /// YAML: `address: 198.18.0.100/24`.
+    pub address: Ipv4Addr,
+    /// 1 to 32.
+    pub prefix_len: u8,
+    /// Which network it belongs to; a site offers links by network (`resources.links`).
+    pub network: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smb {
+    /// NetBIOS name: 1 to 15 of `A-Z 0-9 -`, upper case.
+    pub netbios_name: String,
+    pub shares: Vec<Share>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// 1 to 80 characters, no `/ \ [ ] : | < > + = ; , * ? "`; unique (case-insensitively).
+    pub name: String,
+    /// A volume of this VFS.
+    pub volume: String,
+    /// Relative directory inside the volume; empty for its root. No `..`.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// The DR site: one of `peers`.
+    pub peer: String,
+    /// YAML: `interval: 60s` (units s, m, h, d); 1 s to 1 d.
+    pub interval_s: u64,
+    /// Default zstd.
+    pub compression: Compression,
+    /// YAML: `bandwidth_limit: 100MiB/s`; absent means unlimited.
+    pub bandwidth_limit_bytes_per_s: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Lz4,
+    None,
+}
+
+/// Which snapshots the DR site keeps: a snapshot is kept while some rule keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub rules: Vec<RetentionRule>,
+}
+
+/// YAML: `- {every: all, for: 1h}` or `- {every: 1d, for: 30d}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Keep one snapshot per this period; 0 (`all`) keeps every snapshot.
+    pub every_s: u64,
+    /// For snapshots younger than this.
+    pub for_s: u64,
+}
+
+impl Default for Retention {
+    /// Every snapshot for an hour, hourly for a day, daily for 30 days.
+    fn default() -> Self {
+        const H: u64 = 3600;
+        Retention {
+            rules: vec![
+                RetentionRule { every_s: 0, for_s: H },
+                RetentionRule { every_s: H, for_s: 24 * H },
+                RetentionRule { every_s: 24 * H, for_s: 30 * 24 * H },
+            ],
+        }
+    }
+}
