@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod state;
 pub mod tracking;
 pub mod volumes;
