@@ -9,7 +9,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracking::{Changes, TrackingStatus};
+use crate::{
+    config::VfsDef,
+    resources::{Outcome, Purpose, Report, Step},
+    state::{Reservation, Role},
+    tracking::{Changes, TrackingStatus},
+};
 
 pub const API_VERSION: u32 = 1;
 /// Longest request line the agent reads.
@@ -21,6 +26,22 @@ pub enum Request {
     Status,
     /// The blocks of `volume` changed since its mark; with `take`, also start a new mark.
     Changed { volume: String, take: bool },
+    /// Does the DR site of `vfs` have what it needs? For a change, of the `change` definition.
+    Precheck {
+        vfs: String,
+        purpose: Purpose,
+        change: Option<VfsDef>,
+    },
+    /// Precheck, then reserve at the DR site; with shortages only when `proceed`.
+    Reserve {
+        vfs: String,
+        change: Option<VfsDef>,
+        proceed: bool,
+    },
+    /// Remove what is reserved for `vfs` at its DR site.
+    Release { vfs: String },
+    /// The VFSs this site knows, with their roles and reservations.
+    ListVfs,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,7 +49,21 @@ pub enum Request {
 pub enum Response {
     Status(StatusReport),
     Changed(Changes),
+    Precheck(Report),
+    Reserved(Outcome),
+    Released { vfs: String, steps: Vec<Step> },
+    Vfs { vfs: Vec<VfsInfo> },
     Error { message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VfsInfo {
+    pub name: String,
+    pub role: Role,
+    pub epoch: u64,
+    pub from_site: String,
+    pub reservations: Vec<Reservation>,
+    pub shortages: Vec<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +81,9 @@ pub struct StatusReport {
     pub config: PathBuf,
     pub volumes: Vec<VolumeInfo>,
     pub tracking: TrackingStatus,
+    /// Health of each peer site, by name (empty without a peer link).
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, crate::peer::PeerHealth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The `vfsdr` command line: the daemon (`agent`) and the operator commands.
 mod show;
+mod vfs;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -55,6 +56,68 @@ enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check whether the DR site of VFS has the links, addresses, replicas and mount points
+    /// it needs. Exit status 0: sufficient, 3: insufficient.
+    Precheck {
+        vfs: String,
+        /// `failover` (default) or `change FILE` (a proposed new definition).
+        #[arg(long = "for", num_args = 1..=2, value_names = ["PURPOSE", "FILE"])]
+        purpose: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Precheck, then reserve at the DR site what VFS needs. When resources are short, asks
+    /// (on a terminal) whether to terminate or proceed; without a terminal it aborts.
+    Reserve {
+        vfs: String,
+        #[arg(long = "for", num_args = 1..=2, value_names = ["PURPOSE", "FILE"])]
+        purpose: Vec<String>,
+        /// Answer the shortage question for scripts.
+        #[arg(long, value_enum)]
+        on_shortage: Option<vfs::OnShortage>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Remove exactly what is reserved for VFS at its DR site.
+    Release {
+        vfs: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// List the VFSs this site knows: role, epoch, reservations.
+    Vfs {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Create the peer link's certificates (a CA, and one certificate per site).
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create a CA (`ca.pem`, `ca.key`) in DIR.
+    Ca {
+        dir: PathBuf,
+        #[arg(long, default_value = "vfsdr CA")]
+        name: String,
+    },
+    /// Create `SITE.pem` and `SITE.key` signed by the CA in --ca DIR.
+    Site {
+        site: String,
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +220,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Response::Error { message } => anyhow::bail!("{message}"),
             other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
         },
+        Command::Precheck { vfs, purpose, json, target } => vfs::precheck(&target.socket()?, vfs, &purpose, json),
+        Command::Reserve { vfs, purpose, on_shortage, json, target } => {
+            vfs::reserve(&target.socket()?, vfs, &purpose, on_shortage, json)
+        }
+        Command::Release { vfs, json, target } => vfs::release(&target.socket()?, vfs, json),
+        Command::Vfs { json, target } => vfs::list(&target.socket()?, json),
+        Command::Cert(CertCommand::Ca { dir, name }) => {
+            let files = crate::cert::create_ca(&dir, &name)?;
+            println!("CA certificate {}\nCA key {}", files.cert.display(), files.key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert(CertCommand::Site { site, ca, out }) => {
+            let files = crate::cert::create_site(&ca, &site, &out)?;
+            println!("site certificate {}\nsite key {}", files.cert.display(), files.key.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Check { files }) => {
             let mut ok = true;
             for file in &files {

@@ -26,19 +26,67 @@ pub fn vfsdr_bin() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes a site configuration for `site` into its config dir, with the given `volumes:` YAML
-/// block (may be empty), and returns its path.
-pub fn write_config(site: &Site, volumes_yaml: &str) -> anyhow::Result<PathBuf> {
+/// The peer link port sites listen on in the lab.
+pub const PEER_PORT: u16 = 7800;
+
+/// Writes a site configuration (format version 2) for `site` into its config dir: the site
+/// header, and `body` (top-level YAML sections such as `volumes:`, `resources:`, `vfs:`), and
+/// returns its path.
+pub fn write_config(site: &Site, body: &str) -> anyhow::Result<PathBuf> {
+    write(site, "", body)
+}
+
+/// Like [`write_config`], with the peer link: listening on the site's lab address, the
+/// certificates of `certs` (see [`make_certs`]), and `peers` (name, site) as its peers.
+pub fn write_config_with_peers(site: &Site, certs: &Path, peers: &[&Site], body: &str) -> anyhow::Result<PathBuf> {
+    let mut link = format!(
+        "  listen: {}:{PEER_PORT}\n  tls:\n    ca: {c}/ca.pem\n    cert: {c}/{n}.pem\n    key: {c}/{n}.key\n",
+        site.address(),
+        c = certs.display(),
+        n = site.name()
+    );
+    if !peers.is_empty() {
+        link.push_str("peers:\n");
+        for p in peers {
+            link.push_str(&format!("  - name: {}\n    address: {}:{PEER_PORT}\n", p.name(), p.address()));
+        }
+    }
+    write(site, &link, body)
+}
+
+fn write(site: &Site, link: &str, body: &str) -> anyhow::Result<PathBuf> {
     let path = site.config_dir().join("vfsdr.yaml");
+    // `peers:` (if any) ends `link`, after the site's own fields.
+    let (site_fields, peers) = match link.find("peers:") {
+        Some(i) => link.split_at(i),
+        None => (link, ""),
+    };
     let text = format!(
-        "version: 1\nsite:\n  name: {}\nstate_dir: {}\nruntime_dir: {}\ntracking:\n  poll_interval_ms: 100\n{}",
+        "version: 2\nsite:\n  name: {}\n{site_fields}{peers}state_dir: {}\nruntime_dir: {}\ntracking:\n  poll_interval_ms: 100\n{}",
         site.name(),
         site.state_dir().display(),
         site.run_dir().display(),
-        volumes_yaml
+        body
     );
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// Creates a CA and a certificate for each site name in `dir` with `vfsdr cert`.
+pub fn make_certs(dir: &Path, sites: &[&str]) -> anyhow::Result<()> {
+    let bin = vfsdr_bin()?;
+    let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+        let out = Command::new(&bin).args(args).output()?;
+        if !out.status.success() {
+            bail!("vfsdr cert failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(&["cert".as_ref(), "ca".as_ref(), dir.as_os_str()])?;
+    for s in sites {
+        run(&["cert".as_ref(), "site".as_ref(), s.as_ref(), "--ca".as_ref(), dir.as_os_str(), "--out".as_ref(), dir.as_os_str()])?;
+    }
+    Ok(())
 }
 
 /// A running agent; stopped (SIGTERM by pid) when dropped.
@@ -105,20 +153,27 @@ impl Agent {
 
     /// Runs `vfsdr ARGS --socket SOCKET` and returns its stdout.
     pub fn cli<const N: usize>(&self, args: [&str; N]) -> anyhow::Result<String> {
+        let (code, stdout, stderr) = self.cli_status(&args)?;
+        if code != 0 {
+            bail!("vfsdr {} failed: {}", args.join(" "), stderr.trim());
+        }
+        Ok(stdout)
+    }
+
+    /// Runs `vfsdr ARGS --socket SOCKET` (stdin closed); returns exit code, stdout, stderr.
+    pub fn cli_status(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
         let out = Command::new(&self.bin)
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
+            .stdin(Stdio::null())
             .output()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "vfsdr {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {

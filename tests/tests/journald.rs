@@ -56,7 +56,7 @@ fn agent_logs_to_journald(log: &str, tag: &str) -> anyhow::Result<()> {
     fs::write(
         &config,
         format!(
-            "version: 1\nsite:\n  name: {site}\nstate_dir: {}\nruntime_dir: {}\n",
+            "version: 2\nsite:\n  name: {site}\nstate_dir: {}\nruntime_dir: {}\n",
             dir.path.join("state").display(),
             dir.path.join("run").display()
         ),

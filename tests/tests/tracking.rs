@@ -185,7 +185,7 @@ fn reload_and_clean_stop() -> anyhow::Result<()> {
     let config = write_config(&site, &one)?;
     let agent = Agent::start(&site, &config)?;
 
-    std::fs::write(&config, "version: 1\nsite: {name: site-a}\nvolumes: [{name: x}]\n")?;
+    std::fs::write(&config, "version: 2\nsite: {name: site-a}\nvolumes: [{name: x}]\n")?;
     signal(agent.pid(), libc::SIGHUP);
     wait_for(|| agent.log_text().contains("config_reload_failed"))?;
     ensure!(agent.log_text().contains("volumes[0]"), "reload error does not name the field:\n{}", agent.log_text());

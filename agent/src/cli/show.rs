@@ -67,6 +67,19 @@ pub fn status(r: &StatusReport) -> String {
             w.calls
         );
     }
+    if !r.peers.is_empty() {
+        let _ = writeln!(o, "\n{:<16} {:<12} {:>8}  LAST ERROR", "PEER", "REACHABLE", "RTT");
+        for (name, h) in &r.peers {
+            let _ = writeln!(
+                o,
+                "{:<16} {:<12} {:>8}  {}",
+                name,
+                if h.reachable { "yes" } else { "no" },
+                h.rtt_ms.map_or("-".into(), |ms| format!("{ms} ms")),
+                h.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
     let p = &r.tracking.probes;
     let _ = writeln!(
         o,

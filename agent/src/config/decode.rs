@@ -1,72 +1,91 @@
 //! Walks the YAML tree into a [`Config`], collecting every problem with its place and field.
 //!
 //! The walk goes on after a problem so that one run reports them all; a value with a problem is
-//! left out, and the [`Config`] is returned only when no problem was found.
+//! left out (or replaced by its default), and the [`Config`] is returned only when no problem was
+//! found. The sections have their own files: `decode_site.rs` (site, peers, resources) and
+//! `decode_vfs.rs` (the VFS definitions).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::values;
+use super::decode_vfs::VfsContext;
+use super::scalars;
+use super::values::{self, Seen};
 use super::yaml::{Node, Pos, Scalar, Value};
 use super::{
     Config, DEFAULT_POLL_INTERVAL_MS, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, DEFAULT_TOP_WRITERS,
-    POLL_INTERVAL_MS, Problem, Site, TOP_WRITERS, Tracking, VERSION, Volume, VolumeSource,
+    POLL_INTERVAL_MS, Problem, TOP_WRITERS, Tracking, VERSION, VfsDef,
 };
 
 const TOP_FIELDS: &[&str] = &[
     "version",
     "site",
+    "peers",
     "state_dir",
     "runtime_dir",
     "tracking",
+    "resources",
     "volumes",
+    "vfs",
 ];
-const SITE_FIELDS: &[&str] = &["name"];
 const TRACKING_FIELDS: &[&str] = &["poll_interval_ms", "top_writers"];
-const VOLUME_FIELDS: &[&str] = &["name", "device", "image"];
 
 /// Decodes the document's root node (`None`: the file holds no document).
 pub(super) fn decode(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
     let mut d = Decoder::default();
     let config = d.config(root);
-    d.problems.sort_by_key(|p| (p.line, p.column));
-    match config {
-        Some(config) if d.problems.is_empty() => Ok(config),
-        _ => Err(d.problems),
-    }
+    d.finish(config)
+}
+
+/// Decodes a file holding one VFS definition, as an item of `vfs:`; its mounts default to
+/// [`super::DEFAULT_MOUNT_ROOT`], and its replication peer is checked by name only.
+pub(super) fn decode_vfs(root: Option<&Node>) -> Result<VfsDef, Vec<Problem>> {
+    let mut d = Decoder::default();
+    let vfs = match root {
+        Some(node) if !node.is_null() => {
+            let mut context = VfsContext::standalone();
+            d.vfs(node, "", &mut context)
+        }
+        _ => {
+            let message = "the file holds no VFS definition, expected a mapping with the fields \
+                           of an item of `vfs:` (`name`, `volumes`, ...)";
+            d.push(Pos::START, "(document)", message);
+            None
+        }
+    };
+    d.finish(vfs)
 }
 
 #[derive(Default)]
-struct Decoder {
+pub(super) struct Decoder {
     problems: Vec<Problem>,
 }
 
 /// The entries of one mapping, each field once, all of them known to its section.
-struct Fields<'a> {
-    path: String,
-    pos: Pos,
+pub(super) struct Fields<'a> {
+    pub path: String,
+    pub pos: Pos,
     entries: Vec<(&'a str, &'a Node, &'a Node)>,
 }
 
 impl<'a> Fields<'a> {
     /// The key and value of field `name`.
-    fn entry(&self, name: &str) -> Option<(&'a Node, &'a Node)> {
+    pub fn entry(&self, name: &str) -> Option<(&'a Node, &'a Node)> {
         self.entries
             .iter()
             .find(|(n, _, _)| *n == name)
             .map(|&(_, key, value)| (key, value))
     }
 
-    fn get(&self, name: &str) -> Option<&'a Node> {
+    pub fn get(&self, name: &str) -> Option<&'a Node> {
         self.entry(name).map(|(_, value)| value)
     }
 
     /// A field that has a default: left out and set to null (left empty) both mean the default.
-    fn optional(&self, name: &str) -> Option<&'a Node> {
+    pub fn optional(&self, name: &str) -> Option<&'a Node> {
         self.get(name).filter(|value| !value.is_null())
     }
 
-    fn path(&self, name: &str) -> String {
+    pub fn path(&self, name: &str) -> String {
         join(&self.path, name)
     }
 }
@@ -95,7 +114,16 @@ fn one_of(names: &[&str]) -> String {
 }
 
 impl Decoder {
-    fn push(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
+    /// The decoded value when no problem was found, else every problem in file order.
+    fn finish<T>(mut self, value: Option<T>) -> Result<T, Vec<Problem>> {
+        self.problems.sort_by_key(|p| (p.line, p.column));
+        match value {
+            Some(value) if self.problems.is_empty() => Ok(value),
+            _ => Err(self.problems),
+        }
+    }
+
+    pub fn push(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
         let (line, column, field, message) = (pos.line, pos.column, field.into(), message.into());
         self.problems.push(Problem {
             line,
@@ -105,8 +133,8 @@ impl Decoder {
         });
     }
 
-    /// Applies a rule of [`values`] to `node`, reporting its problem as one of `field`.
-    fn check<T>(
+    /// Applies a rule of [`scalars`] to `node`, reporting its problem as one of `field`.
+    pub fn check<T>(
         &mut self,
         node: &Node,
         field: &str,
@@ -115,6 +143,87 @@ impl Decoder {
         rule(node)
             .map_err(|message| self.push(node.pos, field, message))
             .ok()
+    }
+
+    /// Optional field `name` of `fields` read by `rule`: `None` when left out or empty (the
+    /// default applies), `Some(None)` when it has a problem.
+    pub fn check_optional<T>(
+        &mut self,
+        fields: &Fields,
+        name: &str,
+        rule: impl FnOnce(&Node) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        let node = fields.optional(name)?;
+        Some(self.check(node, &fields.path(name), rule))
+    }
+
+    /// Field `name` of `fields`, which must be present, read by `rule`.
+    pub fn check_required<T>(
+        &mut self,
+        fields: &Fields,
+        name: &str,
+        rule: impl FnOnce(&Node) -> Result<T, String>,
+    ) -> Option<T> {
+        let node = self.required(fields, name)?;
+        self.check(node, &fields.path(name), rule)
+    }
+
+    /// Reports `name` as a duplicate in `seen` (where it was first used by `item`).
+    pub fn unique(
+        &mut self,
+        seen: &mut Seen<Pos>,
+        (what, name): (&str, &str),
+        item: &str,
+        node: &Node,
+        field: String,
+    ) {
+        if let Some((message, first)) = seen.add(what, name, item, node.pos) {
+            let message = format!("{message} on line {}", first.line);
+            self.push(node.pos, field, message);
+        }
+    }
+
+    /// The items of a sequence of `what` (none when it is not a sequence: that is reported).
+    pub fn items<'a>(&mut self, node: &'a Node, path: &str, what: &str) -> &'a [Node] {
+        match &node.value {
+            Value::Seq(items) => items,
+            _ => {
+                let message = format!("expected a sequence of {what}, found {}", node.describe());
+                self.push(node.pos, path, message);
+                &[]
+            }
+        }
+    }
+
+    /// The items of optional sequence field `name` (none when left out or empty).
+    pub fn optional_items<'a>(
+        &mut self,
+        fields: &Fields<'a>,
+        name: &str,
+        what: &str,
+    ) -> &'a [Node] {
+        match fields.optional(name) {
+            Some(node) => self.items(node, &fields.path(name), what),
+            None => &[],
+        }
+    }
+
+    /// The items of sequence field `name`, which must hold at least one `one`.
+    pub fn non_empty_items<'a>(
+        &mut self,
+        fields: &Fields<'a>,
+        name: &str,
+        (one, what): (&str, &str),
+    ) -> &'a [Node] {
+        let Some(node) = self.required(fields, name) else {
+            return &[];
+        };
+        let items = self.items(node, &fields.path(name), what);
+        if items.is_empty() && matches!(node.value, Value::Seq(_)) {
+            let message = format!("expected at least one {one}, found an empty sequence");
+            self.push(node.pos, fields.path(name), message);
+        }
+        items
     }
 
     fn config(&mut self, root: Option<&Node>) -> Option<Config> {
@@ -151,32 +260,65 @@ impl Decoder {
             ),
             Some(node) => {
                 let version = u64::from(VERSION);
-                self.check(node, "version", |node| values::int(node, version..=version));
+                self.check(node, "version", |node| {
+                    scalars::int(node, version..=version)
+                });
             }
         }
         let site = self.site(&top);
+        let peers = self.peers(&top, &site);
+        self.peer_link(&site, &peers);
         let state_dir = self.dir(&top, "state_dir", DEFAULT_STATE_DIR);
         let runtime_dir = self.dir(&top, "runtime_dir", DEFAULT_RUNTIME_DIR);
         let tracking = self.tracking(&top);
+        let (resources, pool_set) = self.resources(&top);
         let volumes = self.volumes(&top);
+        let reserved = [("state_dir", &state_dir), ("runtime_dir", &runtime_dir)]
+            .into_iter()
+            .chain(
+                resources
+                    .pool
+                    .iter()
+                    .map(|p| ("resources.pool.path", &p.path)),
+            )
+            .filter(|(_, path)| !path.as_os_str().is_empty())
+            .map(|(field, path)| (field, path.clone()))
+            .collect();
+        let mut context = VfsContext::new(
+            Some(site.site.name.clone()).filter(|name| !name.is_empty()),
+            peers.names.clone(),
+            resources.mount_root.clone(),
+            reserved,
+        );
+        let vfs = self.vfs_list(&top, &mut context);
+        if let Some(node) = top.optional("vfs")
+            && matches!(&node.value, Value::Seq(items) if !items.is_empty())
+            && !pool_set
+        {
+            let message = "VFSs are defined but `resources.pool` is not, expected the pool that \
+                           holds their volumes";
+            self.push(node.pos, "vfs", message);
+        }
         Some(Config {
             version: VERSION,
-            site: site?,
+            site: site.site,
             state_dir,
             runtime_dir,
             tracking,
-            peers: Vec::new(),
-            resources: crate::config::Resources {
-                mount_root: "/srv/vfsdr/mnt".into(),
-                ..Default::default()
-            },
+            peers: peers.peers,
+            resources,
             volumes,
-            vfs: Vec::new(),
+            vfs,
         })
     }
 
     /// Checks that `node` is a mapping whose fields are in `allowed`, each set once.
-    fn fields<'a>(&mut self, node: &'a Node, path: &str, allowed: &[&str]) -> Option<Fields<'a>> {
+    pub fn fields<'a>(
+        &mut self,
+        node: &'a Node,
+        path: &str,
+        allowed: &[&str],
+    ) -> Option<Fields<'a>> {
         let Value::Map(entries) = &node.value else {
             let field = if path.is_empty() { "(document)" } else { path };
             let message = format!(
@@ -222,7 +364,7 @@ impl Decoder {
     }
 
     /// A field that must be present (it may still be null: its type check reports that).
-    fn required<'a>(&mut self, fields: &Fields<'a>, name: &str) -> Option<&'a Node> {
+    pub fn required<'a>(&mut self, fields: &Fields<'a>, name: &str) -> Option<&'a Node> {
         let value = fields.get(name);
         if value.is_none() {
             self.push(
@@ -234,21 +376,10 @@ impl Decoder {
         value
     }
 
-    fn site(&mut self, top: &Fields) -> Option<Site> {
-        let node = self.required(top, "site")?;
-        let site = self.fields(node, "site", SITE_FIELDS)?;
-        let name = self.required(&site, "name")?;
-        Some(Site {
-            name: self.check(name, &site.path("name"), values::name)?,
-            listen: None,
-            tls: None,
-        })
-    }
-
     fn dir(&mut self, top: &Fields, field: &str, default: &str) -> PathBuf {
         match top.optional(field) {
             Some(node) => self
-                .check(node, field, values::absolute_path)
+                .check(node, field, scalars::absolute_path)
                 .unwrap_or_default(),
             None => PathBuf::from(default),
         }
@@ -265,94 +396,16 @@ impl Decoder {
         let Some(fields) = self.fields(node, "tracking", TRACKING_FIELDS) else {
             return tracking;
         };
-        if let Some(node) = fields.optional("poll_interval_ms") {
-            let field = fields.path("poll_interval_ms");
-            let value = self.check(node, &field, |node| values::int(node, POLL_INTERVAL_MS));
+        if let Some(value) = self.check_optional(&fields, "poll_interval_ms", |node| {
+            scalars::int(node, POLL_INTERVAL_MS)
+        }) {
             tracking.poll_interval_ms = value.unwrap_or_default();
         }
-        if let Some(node) = fields.optional("top_writers") {
-            let field = fields.path("top_writers");
-            let value = self.check(node, &field, |node| values::int(node, TOP_WRITERS));
+        if let Some(value) = self.check_optional(&fields, "top_writers", |node| {
+            scalars::int(node, TOP_WRITERS)
+        }) {
             tracking.top_writers = value.map_or(0, |v| usize::try_from(v).unwrap_or_default());
         }
         tracking
-    }
-
-    fn volumes(&mut self, top: &Fields) -> Vec<Volume> {
-        let Some(node) = top.optional("volumes") else {
-            return Vec::new();
-        };
-        let Value::Seq(items) = &node.value else {
-            self.push(
-                node.pos,
-                "volumes",
-                format!("expected a sequence of volumes, found {}", node.describe()),
-            );
-            return Vec::new();
-        };
-        let mut volumes = Vec::new();
-        let mut seen: HashMap<String, (usize, Pos)> = HashMap::new();
-        for (index, item) in items.iter().enumerate() {
-            let path = format!("volumes[{index}]");
-            let Some(fields) = self.fields(item, &path, VOLUME_FIELDS) else {
-                continue;
-            };
-            let name_node = self.required(&fields, "name");
-            let name =
-                name_node.and_then(|node| self.check(node, &fields.path("name"), values::name));
-            if let (Some(name), Some(node)) = (&name, name_node) {
-                if let Some((first, at)) = seen.get(name) {
-                    let message = format!(
-                        "duplicate volume name `{name}`, already used by volumes[{first}] on line {}",
-                        at.line
-                    );
-                    self.push(node.pos, fields.path("name"), message);
-                } else {
-                    seen.insert(name.clone(), (index, node.pos));
-                }
-            }
-            let source = self.source(&fields);
-            if let (Some(name), Some(source)) = (name, source) {
-                volumes.push(Volume { name, source });
-            }
-        }
-        volumes
-    }
-
-    /// The volume's `device` or `image`: exactly one of them.
-    fn source(&mut self, fields: &Fields) -> Option<VolumeSource> {
-        let device = fields.entry("device");
-        let image = fields.entry("image");
-        let mut path = |name: &str, entry: Option<(&Node, &Node)>| {
-            let (_, node) = entry?;
-            self.check(node, &fields.path(name), values::absolute_path)
-        };
-        let (device_path, image_path) = (path("device", device), path("image", image));
-        match (device, image) {
-            (Some((device_key, _)), Some((image_key, _))) => {
-                let ((second, at), (first, first_key)) = if image_key.pos > device_key.pos {
-                    (("image", image_key.pos), ("device", device_key))
-                } else {
-                    (("device", device_key.pos), ("image", image_key))
-                };
-                let message = format!(
-                    "cannot be set together with `{first}` (line {}), expected exactly one of `device` and `image`",
-                    first_key.pos.line
-                );
-                self.push(at, fields.path(second), message);
-                None
-            }
-            (None, None) => {
-                self.push(
-                    fields.pos,
-                    fields.path.clone(),
-                    "missing `device` or `image`, expected exactly one of them",
-                );
-                None
-            }
-            _ => device_path
-                .map(VolumeSource::Device)
-                .or(image_path.map(VolumeSource::Image)),
-        }
     }
 }

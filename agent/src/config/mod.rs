@@ -5,12 +5,18 @@
 //! An optional field that is left out or left empty (null) takes its default.
 //! Whether devices and images exist is not checked here: the agent checks that when it starts.
 
+mod check;
 mod decode;
+mod decode_replication;
+mod decode_site;
+mod decode_vfs;
 mod model;
-mod vfs;
+mod scalars;
 #[cfg(test)]
 mod tests;
+mod units;
 mod values;
+mod vfs;
 mod yaml;
 
 use std::fmt;
@@ -23,6 +29,8 @@ pub use model::*;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vfsdr";
 /// Default of [`Config::runtime_dir`].
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/vfsdr";
+/// Default of [`Resources::mount_root`].
+pub const DEFAULT_MOUNT_ROOT: &str = "/srv/vfsdr/mnt";
 /// Default of [`Tracking::poll_interval_ms`].
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 200;
 /// Allowed values of [`Tracking::poll_interval_ms`].
@@ -57,8 +65,9 @@ pub struct Problem {
     pub line: usize,
     /// 1-based, in characters.
     pub column: usize,
-    /// Where in the configuration: `volumes[1].image`, `tracking.poll_interval_ms`, or
-    /// `(document)` for problems about the whole file (YAML syntax, no content).
+    /// Where in the configuration: `volumes[1].image`, `vfs[0].volumes[1].size`, or
+    /// `(document)` for problems about the whole file (YAML syntax, no content). In a VFS file
+    /// ([`parse_vfs_file`]) fields are relative to the definition: `volumes[1].size`.
     pub field: String,
     /// What is wrong and what was expected.
     pub message: String,
@@ -116,4 +125,34 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     };
     let root = yaml::parse(text).map_err(|problem| invalid(vec![problem]))?;
     decode::decode(root.as_ref()).map_err(invalid)
+}
+
+/// Reads and validates a file holding one VFS definition, written as an item of `vfs:` in the
+/// configuration (as `vfsdr precheck VFS --for change FILE` reads it).
+///
+/// The definition is checked on its own: its replication peer by the name rules only, mounts
+/// against each other only, and mounts left out default under [`DEFAULT_MOUNT_ROOT`].
+///
+/// # Errors
+/// As [`load`], with fields relative to the definition (`volumes[0].size`).
+pub fn parse_vfs_file(path: &Path) -> Result<VfsDef, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_vfs(&text, path)
+}
+
+/// Validates the VFS definition `text` as [`parse_vfs_file`] does; `origin` is the file named in
+/// the problems.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every problem found, in file order.
+pub fn parse_vfs(text: &str, origin: &Path) -> Result<VfsDef, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        path: origin.to_owned(),
+        problems,
+    };
+    let root = yaml::parse(text).map_err(|problem| invalid(vec![problem]))?;
+    decode::decode_vfs(root.as_ref()).map_err(invalid)
 }

@@ -5,7 +5,7 @@ pub use super::vfs::*;
 
 /// Current version of the configuration file format.
 /// 2: peers, TLS, resources and VFS definitions.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// A validated site configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +23,8 @@ pub struct Config {
     pub resources: Resources,
     /// Devices or images whose writes are tracked outside any VFS.
     pub volumes: Vec<Volume>,
-    /// The VFSs defined here: this site is their active site (unique names).
+    /// The VFSs defined here: this site is their active site (unique names; their NetBIOS names,
+    /// interface addresses and mounts are unique across them).
     pub vfs: Vec<VfsDef>,
 }
 
@@ -31,7 +32,8 @@ pub struct Config {
 pub struct Site {
     /// `[a-z0-9-]`, 1 to 32 characters, starting with a letter.
     pub name: String,
-    /// Where the peer link listens (`ip:port`); absent: no peer link (no `peers` allowed then).
+    /// Where the peer link listens (`ip:port`, port not 0); absent: no peer link (no `peers`
+    /// allowed then).
     pub listen: Option<SocketAddr>,
     /// Certificates of the peer link; required when `listen` or `peers` is set.
     pub tls: Option<Tls>,
@@ -50,17 +52,21 @@ pub struct Tls {
 pub struct Peer {
     /// Its site name (name rules), which its certificate must carry.
     pub name: String,
-    /// Its peer link address (`ip:port`).
+    /// Its peer link address (`ip:port`: a host, not 0.0.0.0 or `::`; port not 0).
     pub address: SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Resources {
-    /// Links VFS interfaces may use, by network (unique link names).
+    /// Links VFS interfaces may use, by network (unique link names; a network is carried by one
+    /// link only). An interface network no link carries is not an error here: the DR site may
+    /// carry it, and the precheck reports it.
     pub links: Vec<Link>,
-    /// Where volume images, replicas and snapshots live; absent: this site hosts no volumes.
+    /// Where volume images, replicas and snapshots live; absent: this site hosts no volumes
+    /// (so `vfs` must be empty).
     pub pool: Option<Pool>,
-    /// Under which VFS volumes are mounted by default (default `/srv/vfsdr/mnt`).
+    /// Under which VFS volumes are mounted by default (default `/srv/vfsdr/mnt`; absolute,
+    /// not `/`, no `.` or `..`).
     pub mount_root: PathBuf,
 }
 

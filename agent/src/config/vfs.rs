@@ -26,10 +26,13 @@ pub struct VfsDef {
 pub struct VfsVolume {
     /// Unique within the VFS; name rules.
     pub name: String,
-    /// YAML: `size: 2GiB` (units B, KiB, MiB, GiB, TiB; at least 300 MiB for XFS).
+    /// YAML: `size: 2GiB` (units B, KiB, MiB, GiB, TiB, or a plain number of bytes). Whole 4 KiB
+    /// blocks; at least 300 MiB for XFS, 128 MiB for btrfs, 16 MiB for ext4.
     pub size_bytes: u64,
     pub filesystem: FsType,
-    /// Absolute mount path, the same at every site (default `<mount_root>/<vfs>/<volume>`).
+    /// Absolute mount path, the same at every site (default `<mount_root>/<vfs>/<volume>`): not
+    /// `/`, no `.` or `..`; at a site, not the same as, inside or containing another VFS volume's
+    /// mount, `state_dir`, `runtime_dir` or the pool.
     pub mount: PathBuf,
 }
 
@@ -57,7 +60,8 @@ impl FsType {
 pub struct VfsInterface {
     /// Unique within the VFS; name rules (e.g. `smb0`).
     pub name: String,
-    /// YAML: `address: 198.18.0.100/24`.
+    /// YAML: `address: 198.18.0.100/24`. A unicast address (not 0.0.0.0, loopback, multicast
+    /// or 255.255.255.255), unique among the interfaces of a site's VFSs.
     pub address: Ipv4Addr,
     /// 1 to 32.
     pub prefix_len: u8,
@@ -68,7 +72,7 @@ pub struct VfsInterface {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Smb {
-    /// NetBIOS name: 1 to 15 of `A-Z 0-9 -`, upper case.
+    /// NetBIOS name: 1 to 15 of `A-Z 0-9 -`, upper case; unique among a site's VFSs.
     pub netbios_name: String,
     pub shares: Vec<Share>,
 }
@@ -76,11 +80,14 @@ pub struct Smb {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Share {
-    /// 1 to 80 characters, no `/ \ [ ] : | < > + = ; , * ? "`; unique (case-insensitively).
+    /// 1 to 80 characters, no `/ \ [ ] : | < > + = ; , * ? "` or control characters, no space at
+    /// either end, not `global`, `homes`, `printers` or `ipc$` (sections of smb.conf); unique
+    /// (case-insensitively).
     pub name: String,
     /// A volume of this VFS.
     pub volume: String,
-    /// Relative directory inside the volume; empty for its root. No `..`.
+    /// Relative directory inside the volume; empty for its root. No leading `/`, no `.`, `..` or
+    /// empty component.
     pub path: String,
 }
 
@@ -93,7 +100,7 @@ pub struct Replication {
     pub interval_s: u64,
     /// Default zstd.
     pub compression: Compression,
-    /// YAML: `bandwidth_limit: 100MiB/s`; absent means unlimited.
+    /// YAML: `bandwidth_limit: 100MiB/s`; absent means unlimited; more than 0.
     pub bandwidth_limit_bytes_per_s: Option<u64>,
 }
 
@@ -109,6 +116,7 @@ pub enum Compression {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
+    /// At least one.
     pub rules: Vec<RetentionRule>,
 }
 
@@ -116,9 +124,10 @@ pub struct Retention {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionRule {
-    /// Keep one snapshot per this period; 0 (`all`) keeps every snapshot.
+    /// Keep one snapshot per this period; 0 (`all`) keeps every snapshot. Not longer than
+    /// `for_s`.
     pub every_s: u64,
-    /// For snapshots younger than this.
+    /// For snapshots younger than this; more than 0.
     pub for_s: u64,
 }
 
@@ -133,5 +142,41 @@ impl Default for Retention {
                 RetentionRule { every_s: 24 * H, for_s: 30 * 24 * H },
             ],
         }
+    }
+}
+
+/// A small valid definition for tests: one 2 GiB XFS volume `data` mounted at `mount`, one
+/// interface `smb0` 198.18.0.100/24 on network `lan`, DR site `peer`.
+#[cfg(test)]
+pub(crate) fn test_vfs(name: &str, peer: &str, mount: &str) -> VfsDef {
+    VfsDef {
+        name: name.into(),
+        volumes: vec![VfsVolume {
+            name: "data".into(),
+            size_bytes: 2 << 30,
+            filesystem: FsType::Xfs,
+            mount: mount.into(),
+        }],
+        interfaces: vec![VfsInterface {
+            name: "smb0".into(),
+            address: Ipv4Addr::new(198, 18, 0, 100),
+            prefix_len: 24,
+            network: "lan".into(),
+        }],
+        smb: Smb {
+            netbios_name: name.to_uppercase(),
+            shares: vec![Share {
+                name: "data".into(),
+                volume: "data".into(),
+                path: String::new(),
+            }],
+        },
+        replication: Replication {
+            peer: peer.into(),
+            interval_s: 60,
+            compression: Compression::Zstd,
+            bandwidth_limit_bytes_per_s: None,
+        },
+        snapshots: Retention::default(),
     }
 }

@@ -8,6 +8,8 @@ use std::{
 use crate::{
     api::{Request, Response, StatusReport, VolumeInfo},
     config::{self, Config, VolumeSource},
+    resources::{Links, Mounts},
+    state::Store,
     tracking::{Probes, TrackError, Tracker},
     volumes::{BlockDevices, Device, VolumeError},
 };
@@ -18,12 +20,23 @@ struct Opened {
     device: Device,
 }
 
+/// The kernel seams the agent acts through.
+pub struct Kernel {
+    pub probes: Box<dyn Probes>,
+    pub devices: Box<dyn BlockDevices>,
+    pub links: Box<dyn Links>,
+    pub mounts: Box<dyn Mounts>,
+}
+
 pub struct Agent {
-    config: Config,
+    pub(super) config: Config,
     config_path: PathBuf,
     tracker: Tracker,
     probes: Box<dyn Probes>,
     devices: Box<dyn BlockDevices>,
+    pub(super) links: Box<dyn Links>,
+    pub(super) mounts: Box<dyn Mounts>,
+    pub(super) store: Store,
     opened: Vec<Opened>,
     started: Instant,
 }
@@ -36,6 +49,10 @@ pub enum AgentError {
     Track(#[from] TrackError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Resource(#[from] crate::resources::ResourceError),
     #[error(
         "volumes {first} and {second} are the same device {device}; a device is watched once"
     )]
@@ -43,6 +60,17 @@ pub enum AgentError {
         first: String,
         second: String,
         device: String,
+    },
+}
+
+/// How a local API request is answered.
+#[derive(Debug)]
+pub enum Handled {
+    Now(Response),
+    /// The VFS is active here; its DR site `peer` answers `message`.
+    Forward {
+        peer: String,
+        message: crate::peer::Message,
     },
 }
 
@@ -63,23 +91,30 @@ fn source_path(s: &VolumeSource) -> &Path {
 impl Agent {
     /// Opens every configured volume and starts watching it. Any volume that cannot be opened
     /// stops the start: the agent refuses to run with part of its configuration.
+    /// Also records the VFSs defined here as active in the store, and brings the kernel in
+    /// line with the reservations the store holds.
     pub fn start(
         config_path: &Path,
         config: Config,
-        probes: Box<dyn Probes>,
-        devices: Box<dyn BlockDevices>,
+        kernel: Kernel,
+        store: Store,
     ) -> Result<Agent, AgentError> {
         let mut agent = Agent {
             config: config.clone(),
             config_path: config_path.to_owned(),
             tracker: Tracker::new(),
-            probes,
-            devices,
+            probes: kernel.probes,
+            devices: kernel.devices,
+            links: kernel.links,
+            mounts: kernel.mounts,
+            store,
             opened: Vec::new(),
             started: Instant::now(),
         };
+        agent.record_local_definitions()?;
         let opened = agent.open_all(&config.volumes, &[])?;
         agent.watch_all(opened)?;
+        agent.reconcile_reservations()?;
         Ok(agent)
     }
 
@@ -188,6 +223,7 @@ impl Agent {
             .filter(|n| !summary.added.contains(n))
             .collect();
         self.config = new;
+        self.record_local_definitions()?;
         Ok(summary)
     }
 
@@ -200,7 +236,15 @@ impl Agent {
         self.probes.wakeup_fd()
     }
 
-    pub fn handle(&mut self, request: Request) -> Response {
+    /// Answers a local API request, or says which peer must answer it.
+    pub fn handle(&mut self, request: Request) -> Handled {
+        match request {
+            Request::Status | Request::Changed { .. } => Handled::Now(self.handle_tracking(request)),
+            other => self.handle_vfs(other),
+        }
+    }
+
+    fn handle_tracking(&mut self, request: Request) -> Response {
         // Every answer reflects what the kernel queued up to now.
         if let Err(e) = self.poll() {
             return Response::Error {
@@ -217,6 +261,9 @@ impl Agent {
                 }
                 r.map(Response::Changed)
             }
+            other => Ok(Response::Error {
+                message: format!("not a tracking request: {other:?}"),
+            }),
         };
         result.unwrap_or_else(|e| Response::Error {
             message: e.to_string(),
@@ -241,6 +288,7 @@ impl Agent {
                 })
                 .collect(),
             tracking: self.tracker.status(self.config.tracking.top_writers),
+            peers: Default::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod agent;
 #[cfg(test)]
 mod tests;
+mod vfs;
 
 use std::{
     io,
@@ -15,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-pub use agent::{Agent, AgentError, ReloadSummary};
+pub use agent::{Agent, AgentError, Handled, Kernel, ReloadSummary};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
@@ -23,9 +24,20 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::task::JoinSet;
+
 use crate::{
     api::{self, Request, Response},
     config,
+    peer::{self, Message, PeerClient, PeerContext, PeerRequest, PeerStatus},
+    resources::{RtnlLinks, SystemMounts},
+    state::Store,
     tracking::EbpfProbes,
     volumes::SystemDevices,
 };
@@ -38,6 +50,12 @@ pub enum DaemonError {
     Probe(#[from] crate::tracking::ProbeError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    Net(#[from] crate::resources::net::NetError),
     #[error("another agent is already serving {0}")]
     SocketInUse(PathBuf),
     #[error("{op} {path}: {source}")]
@@ -57,20 +75,71 @@ impl AsRawFd for WakeFd {
     }
 }
 
+/// The peer link's pieces the main loop uses.
+struct PeerLink {
+    ctx: Arc<PeerContext>,
+    clients: HashMap<String, Arc<PeerClient>>,
+    status: PeerStatus,
+    /// Definitions each peer acknowledged: (peer, vfs) -> (epoch, definition).
+    acked: Arc<Mutex<HashMap<(String, String), (u64, crate::config::VfsDef)>>>,
+    last_full_push: Instant,
+    _tasks: JoinSet<()>,
+    _heartbeats: JoinSet<()>,
+}
+
+impl PeerLink {
+    async fn start(config: &config::Config, requests: mpsc::Sender<PeerRequest>) -> Result<Option<PeerLink>, DaemonError> {
+        let Some(ctx) = PeerContext::from_config(config)? else {
+            return Ok(None);
+        };
+        let ctx = Arc::new(ctx);
+        let mut tasks = JoinSet::new();
+        if let Some(listen) = config.site.listen {
+            let listener = peer::bind(listen).await?;
+            tasks.spawn(peer::serve(listener, ctx.clone(), requests));
+        }
+        let status = PeerStatus::new(config.peers.iter().map(|p| p.name.as_str()));
+        let heartbeats = peer::spawn_heartbeats(&ctx, &status)?;
+        let mut clients = HashMap::new();
+        for p in &config.peers {
+            clients.insert(p.name.clone(), Arc::new(ctx.client(&p.name)?));
+        }
+        Ok(Some(PeerLink {
+            ctx,
+            clients,
+            status,
+            acked: Arc::default(),
+            last_full_push: Instant::now(),
+            _tasks: tasks,
+            _heartbeats: heartbeats,
+        }))
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = config::load(config_path)?;
     // Absolute, so a reload reads the same file whatever the working directory.
     let config_path = &std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
     let site = config.site.name.clone();
-    let probes = EbpfProbes::load()?;
-    let mut agent = Agent::start(config_path, config, Box::new(probes), Box::new(SystemDevices))?;
+    let store = Store::open(&config.state_dir)?;
+    let kernel = Kernel {
+        probes: Box::new(EbpfProbes::load()?),
+        devices: Box::new(SystemDevices),
+        links: Box::new(RtnlLinks::new()?),
+        mounts: Box::new(SystemMounts),
+    };
+    let mut agent = Agent::start(config_path, config, kernel, store)?;
     let socket = agent.config().api_socket();
     let listener = bind(&socket)?;
+    let (peer_tx, mut peer_rx) = mpsc::channel::<PeerRequest>(64);
+    let mut link = PeerLink::start(agent.config(), peer_tx).await?;
     tracing::info!(
         site = %site,
         event = "agent_started",
         volumes = agent.config().volumes.len(),
+        vfs = agent.config().vfs.len(),
+        peers = agent.config().peers.len(),
         socket = %socket.display(),
         "agent started"
     );
@@ -92,6 +161,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         None => None,
     };
     let mut tick = tokio::time::interval(poll_interval(&agent));
+    let mut push_tick = tokio::time::interval(PUSH_INTERVAL);
 
     let reason = loop {
         tokio::select! {
@@ -108,20 +178,37 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                     tracing::error!(site = %site, event = "drain_failed", error = %e, "reading the probes failed");
                 }
             }
+            _ = push_tick.tick(), if link.is_some() => push_definitions(&agent, link.as_mut()),
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     tokio::spawn(serve(stream, tx.clone()));
                 }
             }
-            Some((request, reply)) = rx.recv() => {
-                let _ = reply.send(agent.handle(request));
+            Some((request, reply)) = rx.recv() => match agent.handle(request) {
+                Handled::Now(Response::Status(mut report)) => {
+                    if let Some(l) = &link {
+                        report.peers = l.status.snapshot();
+                    }
+                    let _ = reply.send(Response::Status(report));
+                }
+                Handled::Now(response) => { let _ = reply.send(response); }
+                Handled::Forward { peer, message } => forward(link.as_ref(), &peer, message, reply),
+            },
+            Some(request) = peer_rx.recv() => {
+                let answer = agent.handle_peer(&request.from, request.message.clone());
+                request.respond(answer);
             }
             _ = hup.recv() => {
                 match agent.reload() {
                     Ok(s) => {
                         tick = tokio::time::interval(poll_interval(&agent));
                         tracing::info!(site = %agent.config().site.name, event = "config_reloaded",
-                            added = ?s.added, removed = ?s.removed, kept = ?s.kept, "configuration reloaded");
+                            added = ?s.added, removed = ?s.removed, kept = ?s.kept,
+                            "configuration reloaded (peer link settings take effect at restart)");
+                        if let Some(l) = link.as_mut() {
+                            l.acked.lock().expect("not poisoned").clear();
+                        }
+                        push_definitions(&agent, link.as_mut());
                     }
                     Err(e) => tracing::error!(site = %site, event = "config_reload_failed",
                         error = %e, "configuration not reloaded, keeping the running one"),
@@ -131,11 +218,85 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             _ = int.recv() => break "SIGINT",
         }
     };
+    drop(link);
     drop(wake);
     drop(agent); // detaches the programs and releases loop devices the agent attached
     let _ = std::fs::remove_file(&socket);
     tracing::info!(site = %site, event = "agent_stopped", reason, "agent stopped, probes detached");
     Ok(())
+}
+
+/// How often the active site sends the VFS definitions its DR sites have not acknowledged.
+const PUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often it sends them all again (a DR site may have lost its state).
+const FULL_PUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Sends the local VFS definitions to their DR sites (idempotent at the receiver): those not
+/// acknowledged yet, and all of them every `FULL_PUSH_INTERVAL`.
+fn push_definitions(agent: &Agent, link: Option<&mut PeerLink>) {
+    let Some(link) = link else { return };
+    if link.last_full_push.elapsed() >= FULL_PUSH_INTERVAL {
+        link.acked.lock().expect("not poisoned").clear();
+        link.last_full_push = Instant::now();
+    }
+    let pushes = match agent.pushes() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(site = %link.ctx.site(), event = "push_failed", error = %e, "cannot read definitions to push");
+            return;
+        }
+    };
+    for (peer, message) in pushes {
+        let Some(client) = link.clients.get(&peer).cloned() else {
+            continue;
+        };
+        let Message::PushDefinition { vfs: def, epoch } = &message else {
+            continue;
+        };
+        let key = (peer.clone(), def.name.clone());
+        let entry = (*epoch, def.clone());
+        if link.acked.lock().expect("not poisoned").get(&key) == Some(&entry) {
+            continue;
+        }
+        let site = link.ctx.site().to_owned();
+        let acked = link.acked.clone();
+        tokio::spawn(async move {
+            let vfs = key.1.clone();
+            match client.call(message).await {
+                Ok(Message::Ack) => {
+                    tracing::info!(site = %site, vfs = %vfs, peer = %peer, event = "definition_pushed", "definition acknowledged by the DR site");
+                    acked.lock().expect("not poisoned").insert(key, entry);
+                }
+                Ok(Message::Error { message }) => tracing::error!(site = %site, vfs = %vfs, peer = %peer,
+                    event = "definition_refused", reason = %message, "DR site refused the definition"),
+                Ok(other) => tracing::error!(site = %site, vfs = %vfs, peer = %peer, event = "definition_refused",
+                    reason = other.kind(), "unexpected answer to a definition"),
+                Err(e) => tracing::warn!(site = %site, vfs = %vfs, peer = %peer, event = "push_failed",
+                    error = %e, "cannot send the definition; will retry"),
+            }
+        });
+    }
+}
+
+/// Sends a request for a VFS active here to its DR site and answers the local caller.
+fn forward(link: Option<&PeerLink>, peer: &str, message: Message, reply: oneshot::Sender<Response>) {
+    let client = link.and_then(|l| l.clients.get(peer).cloned());
+    let Some(client) = client else {
+        let _ = reply.send(Response::Error {
+            message: format!("the DR site {peer} is not a configured peer of this site (peers and site.tls in the configuration)"),
+        });
+        return;
+    };
+    let peer = peer.to_owned();
+    tokio::spawn(async move {
+        let response = match client.call(message).await {
+            Ok(answer) => vfs::answer_to_response(answer),
+            Err(e) => Response::Error {
+                message: format!("cannot reach the DR site {peer}: {e}"),
+            },
+        };
+        let _ = reply.send(response);
+    });
 }
 
 fn poll_interval(agent: &Agent) -> Duration {

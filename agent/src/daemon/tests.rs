@@ -3,10 +3,12 @@ use std::path::PathBuf;
 
 use vfsdr_common::EXTENT_WRITE;
 
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, Handled, Kernel};
 use crate::{
     api::{Request, Response},
     config::{Config, Site, Tracking, Volume, VolumeSource},
+    resources::{FakeLinks, FakeMounts},
+    state::Store,
     tracking::FakeProbes,
     volumes::{DevId, FakeDevices, VolumeError},
 };
@@ -54,13 +56,25 @@ fn devices() -> FakeDevices {
 
 fn start(volumes: &[(&str, VolumeSource)]) -> Result<(Agent, FakeProbes), AgentError> {
     let probes = FakeProbes::default();
-    let agent = Agent::start(
-        "/etc/vfsdr/vfsdr.yaml".as_ref(),
-        config(volumes),
-        Box::new(probes.clone()),
-        Box::new(devices()),
-    )?;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let kernel = Kernel {
+        probes: Box::new(probes.clone()),
+        devices: Box::new(devices()),
+        links: Box::new(FakeLinks::default()),
+        mounts: Box::new(FakeMounts::new()),
+    };
+    let agent = Agent::start("/etc/vfsdr/vfsdr.yaml".as_ref(), config(volumes), kernel, store)?;
+    // The store's directory may go: the connection keeps the (unlinked) database open.
+    drop(dir);
     Ok((agent, probes))
+}
+
+fn now(h: Handled) -> Response {
+    match h {
+        Handled::Now(r) => r,
+        Handled::Forward { peer, .. } => panic!("forwarded to {peer}"),
+    }
 }
 
 #[test]
@@ -85,24 +99,24 @@ fn the_same_device_twice_is_refused() {
 fn status_and_changes_through_the_api() {
     let (mut agent, probes) = start(&[("data", dev("/dev/vdb")), ("pool", img("/pool/a.img"))]).unwrap();
     probes.write(DevId::new(254, 16), EXTENT_WRITE, 8, 8);
-    let Response::Status(s) = agent.handle(Request::Status) else {
+    let Response::Status(s) = now(agent.handle(Request::Status)) else {
         panic!("status")
     };
     assert_eq!(s.site, "site-a");
     assert_eq!(s.volumes.len(), 2);
     assert!(s.volumes[1].attached_by_agent);
     assert_eq!(s.tracking.volumes[0].changed_blocks, 1);
-    let Response::Changed(c) = agent.handle(Request::Changed {
+    let Response::Changed(c) = now(agent.handle(Request::Changed {
         volume: "data".into(),
         take: true,
-    }) else {
+    })) else {
         panic!("changed")
     };
     assert_eq!((c.blocks, c.ranges[0].start), (1, 1));
-    let Response::Error { message } = agent.handle(Request::Changed {
+    let Response::Error { message } = now(agent.handle(Request::Changed {
         volume: "nope".into(),
         take: false,
-    }) else {
+    })) else {
         panic!("error")
     };
     assert_eq!(message, "no volume named \"nope\" is watched");
@@ -117,7 +131,7 @@ fn apply_adds_and_removes_volumes_and_keeps_marks_of_the_others() {
         .apply(config(&[("data", dev("/dev/vdb")), ("logs", dev("/dev/vdc"))]))
         .unwrap();
     assert_eq!((s.added, s.removed, s.kept), (vec!["logs".to_string()], vec![], vec!["data".to_string()]));
-    let Response::Status(st) = agent.handle(Request::Status) else { panic!() };
+    let Response::Status(st) = now(agent.handle(Request::Status)) else { panic!() };
     assert_eq!(st.tracking.volumes[0].changed_blocks, 1, "the kept volume keeps its changes");
     let s = agent.apply(config(&[("logs", dev("/dev/vdc"))])).unwrap();
     assert_eq!(s.removed, ["data"]);
@@ -143,4 +157,95 @@ fn a_device_may_move_to_another_name_on_reload() {
     let s = agent.apply(config(&[("new", dev("/dev/vdb"))])).unwrap();
     assert_eq!((s.added, s.removed), (vec!["new".to_string()], vec!["old".to_string()]));
     assert_eq!(probes.state.lock().unwrap().watched.len(), 1);
+}
+
+mod vfs {
+    use super::*;
+    use crate::{config::test_vfs, peer::Message, resources::Purpose};
+
+    const MNT: &str = "/srv/vfsdr/mnt/fs1/data";
+
+    #[test]
+    fn a_definition_from_the_active_site_is_kept_as_standby() {
+        let (mut agent, _) = start(&[]).unwrap();
+        let def = test_vfs("fs1", "site-a", MNT);
+        let answer = agent.handle_peer("site-x", Message::PushDefinition { vfs: def.clone(), epoch: 3 });
+        assert_eq!(answer, Message::Ack);
+        let Response::Vfs { vfs } = now(agent.handle(Request::ListVfs)) else { panic!() };
+        assert_eq!((vfs[0].name.as_str(), vfs[0].epoch, vfs[0].from_site.as_str()), ("fs1", 3, "site-x"));
+        assert_eq!(vfs[0].role, crate::state::Role::Standby);
+        // Another site may not run resource requests for it.
+        let Message::Error { message } = agent.handle_peer(
+            "site-y",
+            Message::Precheck { vfs: "fs1".into(), purpose: Purpose::Failover, change: None },
+        ) else {
+            panic!()
+        };
+        assert_eq!(message, "site site-y does not own VFS fs1 (its definition came from site-x)");
+        // The owner may.
+        let answer = agent.handle_peer(
+            "site-x",
+            Message::Precheck { vfs: "fs1".into(), purpose: Purpose::Failover, change: None },
+        );
+        assert!(matches!(answer, Message::PrecheckReport { .. }), "{answer:?}");
+    }
+
+    #[test]
+    fn bad_definitions_are_refused_and_change_nothing() {
+        let (mut agent, _) = start(&[]).unwrap();
+        let mut bad = test_vfs("fs1", "site-a", MNT);
+        bad.volumes[0].mount = "relative/path".into();
+        let Message::Error { message } = agent.handle_peer("site-x", Message::PushDefinition { vfs: bad, epoch: 1 })
+        else {
+            panic!()
+        };
+        assert!(message.starts_with("definition of VFS fs1 from site site-x refused: "), "{message}");
+        let other_dr = test_vfs("fs1", "site-z", MNT);
+        let Message::Error { message } = agent.handle_peer("site-x", Message::PushDefinition { vfs: other_dr, epoch: 1 })
+        else {
+            panic!()
+        };
+        assert_eq!(message, "VFS fs1 from site site-x names site-z as its DR site, not site-a");
+        let Response::Vfs { vfs } = now(agent.handle(Request::ListVfs)) else { panic!() };
+        assert!(vfs.is_empty());
+        let Response::Error { message } = now(agent.handle(Request::Precheck {
+            vfs: "nope".into(),
+            purpose: Purpose::Failover,
+            change: None,
+        })) else {
+            panic!()
+        };
+        assert!(message.starts_with("unknown VFS nope: site site-a has no definition of it"), "{message}");
+    }
+
+    #[test]
+    fn requests_for_a_vfs_active_here_go_to_its_dr_site() {
+        let probes = FakeProbes::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&[]);
+        cfg.vfs = vec![test_vfs("fs1", "site-b", MNT)];
+        let kernel = Kernel {
+            probes: Box::new(probes),
+            devices: Box::new(devices()),
+            links: Box::new(FakeLinks::default()),
+            mounts: Box::new(FakeMounts::new()),
+        };
+        let mut agent = Agent::start("/c.yaml".as_ref(), cfg, kernel, Store::open(dir.path()).unwrap()).unwrap();
+        match agent.handle(Request::Reserve { vfs: "fs1".into(), change: None, proceed: false }) {
+            Handled::Forward { peer, message: Message::Reserve { vfs, proceed: false, .. } } => {
+                assert_eq!((peer.as_str(), vfs.as_str()), ("site-b", "fs1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let pushes = agent.pushes().unwrap();
+        assert_eq!(pushes.len(), 1);
+        assert!(matches!(&pushes[0], (p, Message::PushDefinition { epoch: 1, .. }) if p == "site-b"));
+        // A peer cannot make this site a standby of its own active VFS.
+        let Message::Error { message } =
+            agent.handle_peer("site-b", Message::PushDefinition { vfs: test_vfs("fs1", "site-a", MNT), epoch: 9 })
+        else {
+            panic!()
+        };
+        assert_eq!(message, "VFS fs1 is active at site site-a; it cannot be a standby here");
+    }
 }

@@ -13,6 +13,7 @@ use crate::config::VolumeSource;
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const ATTACH_TRIES: u32 = 8;
@@ -117,9 +118,21 @@ impl SystemDevices {
     }
 
     fn attach(&self, volume: &str, image: &Path) -> Result<(PathBuf, OwnedFd), VolumeError> {
+        attach_loop(volume, image, false)
+    }
+}
+
+/// Attaches `image` to a free loop device with autoclear (it detaches when its last user, the
+/// returned descriptor or a mount, goes away). Read-only attaches refuse any write.
+pub fn attach_loop(
+    volume: &str,
+    image: &Path,
+    read_only: bool,
+) -> Result<(PathBuf, OwnedFd), VolumeError> {
+    {
         let backing = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!read_only)
             .open(image)
             .map_err(io(volume, "open", image))?;
         let ctl_path = Path::new("/dev/loop-control");
@@ -133,13 +146,13 @@ impl SystemDevices {
             let path = PathBuf::from(format!("/dev/loop{n}"));
             let dev = OpenOptions::new()
                 .read(true)
-                .write(true)
+                .write(!read_only)
                 .open(&path)
                 .map_err(io(volume, "open", &path))?;
             // SAFETY: an all-zero loop_config is valid; we set fd and flags.
             let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
             cfg.fd = backing.as_raw_fd() as u32;
-            cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+            cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 };
             let name = image.as_os_str().as_encoded_bytes();
             let len = name.len().min(63);
             cfg.info.lo_file_name[..len].copy_from_slice(&name[..len]);

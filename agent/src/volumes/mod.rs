@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use loopdev::SystemDevices;
+pub use loopdev::{SystemDevices, attach_loop};
 
 use crate::config::VolumeSource;
 

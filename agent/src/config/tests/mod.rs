@@ -1,4 +1,7 @@
 //! Edge cases of the configuration; the shipped samples are tested by `tests/config_samples.rs`.
+//!
+//! Here: the file as a whole and the version 1 sections; `sections.rs`: the sections of version 2
+//! and the checks across them; `rules.rs`: the value rules; `validate.rs`: `VfsDef::validate`.
 
 use std::path::{Path, PathBuf};
 
@@ -6,14 +9,18 @@ use super::values;
 use super::yaml::{self, Scalar, Value};
 use super::*;
 
-const HEAD: &str = "version: 1\nsite:\n  name: s\n";
+mod rules;
+mod sections;
+mod validate;
 
-fn ok(text: &str) -> Config {
+pub(super) const HEAD: &str = "version: 2\nsite:\n  name: s\n";
+
+pub(super) fn ok(text: &str) -> Config {
     parse(text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("expected a valid config:\n{e}"))
 }
 
 /// The problems of `text`, as `LINE:COLUMN: FIELD: MESSAGE`.
-fn problems(text: &str) -> Vec<String> {
+pub(super) fn problems(text: &str) -> Vec<String> {
     match parse(text, Path::new("t.yaml")) {
         Ok(config) => panic!("expected problems, got {config:?}"),
         Err(ConfigError::Invalid { problems, .. }) => {
@@ -25,7 +32,7 @@ fn problems(text: &str) -> Vec<String> {
 }
 
 /// The only problem of `text`.
-fn problem(text: &str) -> String {
+pub(super) fn problem(text: &str) -> String {
     let mut all = problems(text);
     assert_eq!(all.len(), 1, "expected one problem, found {all:#?}");
     all.remove(0)
@@ -35,7 +42,7 @@ fn problem(text: &str) -> String {
 fn minimal_config_takes_the_defaults() {
     let config = ok(HEAD);
     let expected = Config {
-        version: 1,
+        version: 2,
         site: Site {
             name: "s".into(),
             listen: None,
@@ -48,9 +55,10 @@ fn minimal_config_takes_the_defaults() {
             top_writers: 10,
         },
         peers: Vec::new(),
-        resources: crate::config::Resources {
-            mount_root: "/srv/vfsdr/mnt".into(),
-            ..Default::default()
+        resources: Resources {
+            links: Vec::new(),
+            pool: None,
+            mount_root: DEFAULT_MOUNT_ROOT.into(),
         },
         volumes: Vec::new(),
         vfs: Vec::new(),
@@ -62,7 +70,7 @@ fn minimal_config_takes_the_defaults() {
 #[test]
 fn every_field_is_read() {
     let config = ok(
-        "version: 1\nsite: {name: b-2}\nstate_dir: /s\nruntime_dir: /r\n\
+        "version: 2\nsite: {name: b-2}\nstate_dir: /s\nruntime_dir: /r\n\
          tracking: {poll_interval_ms: 10, top_writers: 100}\n\
          volumes:\n  - {name: d, device: /dev/vdb}\n  - {name: i, image: '/p/i.img'}\n",
     );
@@ -94,7 +102,8 @@ fn every_field_is_read() {
 #[test]
 fn empty_optional_fields_take_their_defaults() {
     let config = ok(&format!(
-        "{HEAD}state_dir: ~\nruntime_dir:\ntracking:\n  top_writers: null\nvolumes:\n"
+        "{HEAD}state_dir: ~\nruntime_dir:\ntracking:\n  top_writers: null\nvolumes:\n\
+         peers:\nresources: {{links: , pool: ~, mount_root: }}\nvfs: []\n"
     ));
     assert_eq!(config, ok(HEAD));
 }
@@ -158,7 +167,7 @@ fn integers_out_of_range_or_of_another_type() {
 fn names_follow_the_rules() {
     let name = |n: &str| {
         parse(
-            &format!("version: 1\nsite:\n  name: {n}\n"),
+            &format!("version: 2\nsite:\n  name: {n}\n"),
             Path::new("t.yaml"),
         )
     };
@@ -187,13 +196,13 @@ fn names_follow_the_rules() {
     ];
     for (text, reason) in cases {
         assert_eq!(
-            problem(&format!("version: 1\nsite:\n  name: {text}\n")),
+            problem(&format!("version: 2\nsite:\n  name: {text}\n")),
             format!("3:9: site.name: {reason}, {expected}")
         );
     }
     // A plain `true` is a boolean; quoted, it is a valid name.
     assert_eq!(
-        problem("version: 1\nsite:\n  name: true\n"),
+        problem("version: 2\nsite:\n  name: true\n"),
         "3:9: site.name: expected a name, found a boolean `true`"
     );
     assert!(name("'true'").is_ok());
@@ -239,13 +248,13 @@ fn version_problems() {
     );
     assert_eq!(
         v("0"),
-        ["1:10: version: expected a version number (this vfsdr reads version 1), found 0"]
+        ["1:10: version: expected a version number (this vfsdr reads version 2), found 0"]
     );
     // A missing version does not hide the other problems.
     let found = problems("site:\n  name: S\n");
     assert_eq!(
         found[0],
-        "1:1: version: missing field `version`, expected `version: 1`"
+        "1:1: version: missing field `version`, expected `version: 2`"
     );
     assert!(
         found[1].starts_with("2:9: site.name: invalid name `S`"),
@@ -257,29 +266,38 @@ fn version_problems() {
 #[test]
 fn an_unsupported_version_is_the_only_problem_reported() {
     let found = problems("site: {color: red}\nversion: 3\nfuture: yes\n");
-    let message = "version 3 is not supported by this vfsdr (it reads version 1); the file was written for a newer vfsdr";
+    let message = "version 3 is a newer format: this vfsdr reads version 2 (the file was \
+                   written for a newer vfsdr: upgrade vfsdr, or rewrite the file as version 2)";
     assert_eq!(found, [format!("2:10: version: {message}")]);
 }
 
 #[test]
 fn an_older_version_is_named_as_such() {
-    let message = "version 1 is not supported by this vfsdr (it reads version 2); it is an older format: rewrite the file as version 2";
-    assert_eq!(values::unsupported_version("1", Some(1), 2), message);
+    let found = problems("version: 1\nsite: {name: s}\nvolumes: [{name: v, device: /dev/vdb}]\n");
+    let message = "version 1 is an older format: this vfsdr reads version 2 (rewrite the file \
+                   as version 2: its version 1 fields keep their meaning, and the vfsdr.yaml \
+                   shipped with vfsdr documents the new ones)";
+    assert_eq!(found, [format!("1:10: version: {message}")]);
+    // A version with no note says what to do all the same.
+    assert_eq!(
+        values::unsupported_version("2", Some(2), 4),
+        "version 2 is an older format: this vfsdr reads version 4 (rewrite the file as version 4)"
+    );
 }
 
 #[test]
 fn missing_fields_point_at_their_mapping() {
     assert_eq!(
-        problems("version: 1\n"),
+        problems("version: 2\n"),
         ["1:1: site: missing field `site`"]
     );
     assert_eq!(
-        problems("version: 1\nsite: {}\n"),
+        problems("version: 2\nsite: {}\n"),
         ["2:7: site.name: missing field `name`"]
     );
     assert_eq!(
-        problems("version: 1\nsite:\n"),
-        ["2:5: site: expected a mapping with fields `name`, found an empty value"]
+        problems("version: 2\nsite:\n"),
+        ["2:5: site: expected a mapping with fields `name`, `listen`, `tls`, found an empty value"]
     );
     assert_eq!(
         problems(&format!("{HEAD}volumes:\n  - device: /dev/vdb\n")),
@@ -289,9 +307,9 @@ fn missing_fields_point_at_their_mapping() {
 
 #[test]
 fn keys_are_checked() {
-    let found = problems("version: 1\nsite: {name: s, Name: t}\nversion: 1\n[a]: 1\n");
+    let found = problems("version: 2\nsite: {name: s, Name: t}\nversion: 2\n[a]: 1\n");
     let expected = [
-        "2:17: site.Name: unknown field `Name`, expected `name`",
+        "2:17: site.Name: unknown field `Name`, expected one of `name`, `listen`, `tls`",
         "3:1: version: duplicate field `version`, already set on line 1",
         "4:1: (document): expected a field name, found a sequence as a key",
     ];
@@ -329,7 +347,7 @@ fn yaml_features_outside_the_config_are_refused() {
 
 #[test]
 fn syntax_errors_end_the_report() {
-    let found = problems("version: 1\nsite: [\nunknown: 1\n");
+    let found = problems("version: 2\nsite: [\nunknown: 1\n");
     assert_eq!(found.len(), 1);
     assert!(
         found[0].contains(": (document): YAML syntax error: "),
@@ -339,11 +357,11 @@ fn syntax_errors_end_the_report() {
 
 #[test]
 fn invalid_display_has_one_line_per_problem_with_the_file() {
-    let error = parse("version: 2\n", Path::new("/etc/vfsdr/vfsdr.yaml")).expect_err("invalid");
+    let error = parse("version: 3\n", Path::new("/etc/vfsdr/vfsdr.yaml")).expect_err("invalid");
     assert!(
         error
             .to_string()
-            .starts_with("/etc/vfsdr/vfsdr.yaml:1:10: version: version 2 is not supported")
+            .starts_with("/etc/vfsdr/vfsdr.yaml:1:10: version: version 3 is a newer format")
     );
     let error = parse("site: 1\nx: 2\n", Path::new("f")).expect_err("invalid");
     assert_eq!(error.to_string().lines().count(), 3);

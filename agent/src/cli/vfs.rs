@@ -1,0 +1,230 @@
+//! `vfsdr precheck`, `reserve`, `release`, `vfs`: the operator's side of DR resources.
+use std::{
+    io::{BufRead as _, IsTerminal as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::bail;
+
+use crate::{
+    api::{self, Request, Response},
+    config,
+    resources::{Outcome, Purpose, Report},
+};
+
+/// Exit status of `precheck` (and `reserve`) when the DR site lacks resources.
+pub const INSUFFICIENT: u8 = 3;
+
+/// What to do when resources are short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnShortage {
+    Abort,
+    Proceed,
+}
+
+/// `--for failover` or `--for change FILE`.
+pub fn purpose(words: &[String]) -> anyhow::Result<(Purpose, Option<config::VfsDef>)> {
+    match words {
+        [] => Ok((Purpose::Failover, None)),
+        [w] if w == "failover" => Ok((Purpose::Failover, None)),
+        [w, file] if w == "change" => Ok((Purpose::Change, Some(config::parse_vfs_file(&PathBuf::from(file))?))),
+        [w] if w == "change" => bail!("--for change needs the file with the proposed definition: --for change FILE"),
+        _ => bail!("--for takes `failover` or `change FILE`, got `{}`", words.join(" ")),
+    }
+}
+
+pub fn precheck(socket: &std::path::Path, vfs: String, words: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let (purpose, change) = purpose(words)?;
+    let report = match api::call(socket, &Request::Precheck { vfs, purpose, change })? {
+        Response::Precheck(r) => r,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_report(&report));
+    }
+    Ok(if report.sufficient { ExitCode::SUCCESS } else { ExitCode::from(INSUFFICIENT) })
+}
+
+pub fn reserve(
+    socket: &std::path::Path,
+    vfs: String,
+    words: &[String],
+    on_shortage: Option<OnShortage>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (purpose, change) = purpose(words)?;
+    let report = match api::call(socket, &Request::Precheck { vfs: vfs.clone(), purpose, change: change.clone() })? {
+        Response::Precheck(r) => r,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    };
+    let proceed = if report.sufficient {
+        false
+    } else {
+        let choice = match on_shortage {
+            Some(c) => c,
+            None if std::io::stdin().is_terminal() => ask(&report)?,
+            None => {
+                eprint!("{}", render_report(&report));
+                eprintln!("resources are short and there is no terminal to ask: aborting (use --on-shortage proceed to reserve what is there)");
+                OnShortage::Abort
+            }
+        };
+        if choice == OnShortage::Abort {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if on_shortage.is_some() {
+                print!("{}", render_report(&report));
+                println!("aborted: nothing reserved");
+            }
+            return Ok(ExitCode::from(INSUFFICIENT));
+        }
+        true
+    };
+    let outcome = match api::call(socket, &Request::Reserve { vfs, change, proceed })? {
+        Response::Reserved(o) => o,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print!("{}", render_outcome(&outcome));
+    }
+    Ok(if outcome.reserved { ExitCode::SUCCESS } else { ExitCode::from(INSUFFICIENT) })
+}
+
+/// Shows the shortages and asks: terminate or proceed.
+fn ask(report: &Report) -> anyhow::Result<OnShortage> {
+    print!("{}", render_report(report));
+    loop {
+        print!("Resources at {} are short for {}. [t]erminate or [p]roceed and reserve what is there? ", report.site, report.vfs);
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line)? == 0 {
+            return Ok(OnShortage::Abort);
+        }
+        match line.trim().to_lowercase().as_str() {
+            "t" | "terminate" | "a" | "abort" => return Ok(OnShortage::Abort),
+            "p" | "proceed" => return Ok(OnShortage::Proceed),
+            _ => println!("answer t or p"),
+        }
+    }
+}
+
+pub fn release(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Result<ExitCode> {
+    match api::call(socket, &Request::Release { vfs })? {
+        Response::Released { vfs, steps } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&steps)?);
+            } else {
+                println!("released {vfs}:");
+                for s in &steps {
+                    println!("  {:<40} {:<10} {}", s.resource, s.action, s.detail);
+                }
+                if steps.is_empty() {
+                    println!("  (nothing was reserved)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+pub fn list(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    match api::call(socket, &Request::ListVfs)? {
+        Response::Vfs { vfs } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vfs)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<12} {:<8} {:>6} {:<12} RESERVED", "VFS", "ROLE", "EPOCH", "FROM");
+            for v in &vfs {
+                let res: Vec<String> = v.reservations.iter().map(|r| format!("{} {}", r.kind.as_str(), r.resource)).collect();
+                println!(
+                    "{:<12} {:<8} {:>6} {:<12} {}{}",
+                    v.name,
+                    v.role.as_str(),
+                    v.epoch,
+                    v.from_site,
+                    if res.is_empty() { "-".into() } else { res.join(", ") },
+                    if v.shortages.is_empty() { String::new() } else { format!(" ({} shortages)", v.shortages.len()) }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+pub fn render_report(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let purpose = match r.purpose {
+        Purpose::Failover => "failover",
+        Purpose::Change => "a configuration change",
+    };
+    let _ = writeln!(
+        o,
+        "precheck of {} at site {} for {purpose}: {}",
+        r.vfs,
+        r.site,
+        if r.sufficient { "SUFFICIENT".to_string() } else { format!("INSUFFICIENT ({} discrepancies)", r.discrepancies.len()) }
+    );
+    if !r.discrepancies.is_empty() {
+        let _ = writeln!(o, "  {:<22} {:<32} {:<7} FOUND / NEEDED", "KIND", "RESOURCE", "BLOCKS");
+        for d in &r.discrepancies {
+            let kind = serde_json::to_value(d.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  {:<22} {:<32} {:<7} {}\n  {:<22} {:<32} {:<7} needed: {}",
+                kind,
+                d.resource,
+                if d.blocks_access { "yes" } else { "no" },
+                d.found,
+                "",
+                "",
+                "",
+                d.needed
+            );
+        }
+    }
+    for l in &r.links {
+        let _ = writeln!(o, "  available: interface {} {}/{} -> macvlan {} on {}", l.interface, l.address, l.prefix_len, l.name, l.parent);
+    }
+    for m in &r.mounts {
+        let _ = writeln!(o, "  available: volume {} -> {} read-only from {}", m.volume, m.target.display(), m.image.display());
+    }
+    o
+}
+
+fn render_outcome(o: &Outcome) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if !o.reserved {
+        s.push_str(&render_report(&o.report));
+        s.push_str("not reserved\n");
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "reserved for {} at site {}{}:",
+        o.vfs,
+        o.report.site,
+        if o.report.sufficient { String::new() } else { format!(" with {} shortages recorded", o.report.discrepancies.len()) }
+    );
+    for st in &o.steps {
+        let _ = writeln!(s, "  {:<40} {:<8} {}", st.resource, st.action, st.detail);
+    }
+    if o.steps.iter().all(|st| st.action == "present") && !o.steps.is_empty() {
+        let _ = writeln!(s, "  (already reserved: nothing changed)");
+    }
+    s
+}

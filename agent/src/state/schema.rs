@@ -1,0 +1,178 @@
+//! The schema and its migrations.
+//!
+//! [`MIGRATIONS`] is the ordered list of steps; `PRAGMA user_version` is the number of steps a
+//! database has had, so a new (empty) database gets them all and an older one the missing
+//! ones, each in its own transaction together with its `user_version`. Steps are only ever
+//! appended: a released step is never edited. A step that rebuilds a table must keep in mind
+//! that foreign keys are on (`PRAGMA foreign_keys` cannot change inside a transaction).
+//!
+//! `PRAGMA application_id` marks the file as vfsdr's, so that another application's SQLite
+//! database put in its place is refused rather than extended.
+
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use super::{BUSY_TIMEOUT, StateError, db_error};
+
+/// `PRAGMA application_id` of a vfsdr state database: "vfsd" in ASCII.
+pub(super) const APPLICATION_ID: i32 = 0x7666_7364;
+
+/// The schema version this binary writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Migration steps: step `i` brings a database from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[V1];
+
+/// Version 1: definitions, reservations, shortages.
+///
+/// `vfs` keeps each VFS's definition (`crate::config::VfsDef` as JSON), role and epoch.
+/// `reservation` keeps the resources held by VFSs: `UNIQUE (kind, resource)` makes a resource
+/// held by at most one VFS, and the foreign key keeps a definition from being removed while
+/// it holds any. `shortage` keeps the missing resources an operator accepted for a VFS; they
+/// go with its definition.
+const V1: &str = "
+CREATE TABLE vfs (
+    name         TEXT PRIMARY KEY NOT NULL,
+    definition   TEXT NOT NULL CHECK (json_valid(definition)),
+    role         TEXT NOT NULL CHECK (role IN ('active', 'standby')),
+    epoch        INTEGER NOT NULL CHECK (epoch >= 0),
+    from_site    TEXT NOT NULL,
+    updated_unix INTEGER NOT NULL CHECK (updated_unix >= 0)
+) STRICT;
+
+CREATE TABLE reservation (
+    id           INTEGER PRIMARY KEY,
+    vfs          TEXT NOT NULL REFERENCES vfs (name) ON UPDATE RESTRICT ON DELETE RESTRICT,
+    kind         TEXT NOT NULL CHECK (kind IN ('link', 'mount')),
+    resource     TEXT NOT NULL,
+    detail       TEXT NOT NULL CHECK (json_valid(detail)),
+    created_unix INTEGER NOT NULL CHECK (created_unix >= 0),
+    UNIQUE (kind, resource)
+) STRICT;
+CREATE INDEX reservation_by_vfs ON reservation (vfs);
+
+CREATE TABLE shortage (
+    id            INTEGER PRIMARY KEY,
+    vfs           TEXT NOT NULL REFERENCES vfs (name) ON UPDATE RESTRICT ON DELETE CASCADE,
+    detail        TEXT NOT NULL CHECK (json_valid(detail)),
+    recorded_unix INTEGER NOT NULL CHECK (recorded_unix >= 0)
+) STRICT;
+CREATE INDEX shortage_by_vfs ON shortage (vfs);
+";
+
+/// The schema version of the database.
+pub(super) fn version(conn: &Connection, path: &Path) -> Result<u32, StateError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| db_error(path, "read the schema version".into(), e))?;
+    u32::try_from(found).map_err(|_| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("negative schema version {found}"),
+    })
+}
+
+/// Checks an existing file on a read-only connection, so a refused file is not written to
+/// (a read-write connection could checkpoint a WAL into it when closing).
+pub(super) fn inspect(path: &Path) -> Result<(), StateError> {
+    let fail = |op: &'static str| move |e| db_error(path, op.to_string(), e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(fail("open read-only"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(fail("set the busy timeout"))?;
+    // The first read of the header: a file that is not a SQLite database fails here.
+    let found = version(&conn, path)?;
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(fail("read the application id"))?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+        .map_err(fail("read the schema"))?;
+    // Version 0 without any table is a database created by an open that stopped before its
+    // first migration committed.
+    let fresh = found == 0 && application_id == 0 && objects == 0;
+    if application_id != APPLICATION_ID && !fresh {
+        return Err(StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a vfsdr state database: application_id {application_id:#x} \
+                 (vfsdr: {APPLICATION_ID:#x}), schema version {found}, {objects} schema objects"
+            ),
+        });
+    }
+    if found > SCHEMA_VERSION {
+        return Err(StateError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    quick_check(&conn, path)
+}
+
+/// `PRAGMA quick_check`: one row `ok`, or rows describing the damage.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let mut rows = Vec::new();
+    conn.pragma_query(None, "quick_check", |row| {
+        rows.push(row.get::<_, String>(0)?);
+        Ok(())
+    })
+    .map_err(|e| db_error(path, "check the database (quick_check)".into(), e))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(());
+    }
+    const SHOWN: usize = 5;
+    let mut reason = format!("quick_check: {}", rows[..rows.len().min(SHOWN)].join("; "));
+    if rows.len() > SHOWN {
+        reason.push_str(&format!("; and {} more", rows.len() - SHOWN));
+    }
+    Err(StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Applies the steps of `migrations` the database has not had, one transaction each.
+///
+/// The version is read again inside each step's transaction, so two processes opening the same
+/// new database do not apply a step twice.
+pub(super) fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: &[&str],
+) -> Result<(), StateError> {
+    let supported = migrations.len() as u32;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(path, "begin a migration".into(), e))?;
+        let found = version(&tx, path)?;
+        if found > supported {
+            return Err(StateError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        if found == supported {
+            return Ok(()); // rolls back the empty transaction
+        }
+        let next = found + 1;
+        let step = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                db_error(path, format!("migrate to schema version {next}"), e)
+            }
+            _ => StateError::Migration {
+                path: path.to_path_buf(),
+                version: next,
+                source: e,
+            },
+        };
+        tx.execute_batch(migrations[found as usize]).map_err(step)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(step)?;
+        tx.pragma_update(None, "user_version", next).map_err(step)?;
+        tx.commit().map_err(step)?;
+        tracing::info!(path = %path.display(), version = next, "state database migrated");
+    }
+}
