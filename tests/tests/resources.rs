@@ -43,6 +43,11 @@ fn dr_resources(site: &Site, links: &str, reserve: &str) -> String {
     )
 }
 
+/// An active site's sections: its pool, and its VFSs.
+fn active_body(site: &Site, vfs: &str) -> String {
+    format!("resources:\n  pool:\n    path: {}\nvfs:\n{vfs}", site.pool().mount_point().display())
+}
+
 const ETH0_LAN: &str = "    - {name: eth0, networks: [lan]}\n";
 
 /// A replica image for `vfs`/`volume` in the site's pool, formatted XFS.
@@ -120,7 +125,7 @@ fn two_sites(test: &str) -> anyhow::Result<TwoSites> {
     let mount = lab.dir().join("vfs-mnt/fs1/data");
     make_replica(&b, "fs1")?;
     let b_config = write_config_with_peers(&b, &certs, &[&a], &dr_resources(&b, ETH0_LAN, "0"))?;
-    let a_config = write_config_with_peers(&a, &certs, &[&b], &format!("vfs:\n{}", vfs_yaml("fs1", "site-b", &mount, 0)))?;
+    let a_config = write_config_with_peers(&a, &certs, &[&b], &active_body(&a, &vfs_yaml("fs1", "site-b", &mount, 0)))?;
     let agent_b = Agent::start(&b, &b_config)?;
     let agent_a = Agent::start(&a, &a_config)?;
     wait_definition(&agent_b, "fs1")?;
@@ -257,8 +262,8 @@ fn a_second_vfs_is_refused_what_the_first_holds() -> anyhow::Result<()> {
     make_replica(&b, "fs1")?;
     make_replica(&b, "fs2")?;
     let b_config = write_config_with_peers(&b, &certs, &[&a, &c], &dr_resources(&b, ETH0_LAN, "0"))?;
-    let a_config = write_config_with_peers(&a, &certs, &[&b], &format!("vfs:\n{}", vfs_yaml("fs1", "site-b", &mount, 0)))?;
-    let c_config = write_config_with_peers(&c, &certs, &[&b], &format!("vfs:\n{}", vfs_yaml("fs2", "site-b", &mount, 1)))?;
+    let a_config = write_config_with_peers(&a, &certs, &[&b], &active_body(&a, &vfs_yaml("fs1", "site-b", &mount, 0)))?;
+    let c_config = write_config_with_peers(&c, &certs, &[&b], &active_body(&c, &vfs_yaml("fs2", "site-b", &mount, 1)))?;
     let agent_b = Agent::start(&b, &b_config)?;
     let agent_a = Agent::start(&a, &a_config)?;
     let agent_c = Agent::start(&c, &c_config)?;

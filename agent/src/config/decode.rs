@@ -13,7 +13,7 @@ use super::values::{self, Seen};
 use super::yaml::{Node, Pos, Scalar, Value};
 use super::{
     Config, DEFAULT_POLL_INTERVAL_MS, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, DEFAULT_TOP_WRITERS,
-    POLL_INTERVAL_MS, Problem, TOP_WRITERS, Tracking, VERSION, VfsDef,
+    POLL_INTERVAL_MS, Problem, TOP_WRITERS, Tracking, VERSION,
 };
 
 const TOP_FIELDS: &[&str] = &[
@@ -34,25 +34,6 @@ pub(super) fn decode(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
     let mut d = Decoder::default();
     let config = d.config(root);
     d.finish(config)
-}
-
-/// Decodes a file holding one VFS definition, as an item of `vfs:`; its mounts default to
-/// [`super::DEFAULT_MOUNT_ROOT`], and its replication peer is checked by name only.
-pub(super) fn decode_vfs(root: Option<&Node>) -> Result<VfsDef, Vec<Problem>> {
-    let mut d = Decoder::default();
-    let vfs = match root {
-        Some(node) if !node.is_null() => {
-            let mut context = VfsContext::standalone();
-            d.vfs(node, "", &mut context)
-        }
-        _ => {
-            let message = "the file holds no VFS definition, expected a mapping with the fields \
-                           of an item of `vfs:` (`name`, `volumes`, ...)";
-            d.push(Pos::START, "(document)", message);
-            None
-        }
-    };
-    d.finish(vfs)
 }
 
 #[derive(Default)]
@@ -115,7 +96,7 @@ fn one_of(names: &[&str]) -> String {
 
 impl Decoder {
     /// The decoded value when no problem was found, else every problem in file order.
-    fn finish<T>(mut self, value: Option<T>) -> Result<T, Vec<Problem>> {
+    pub fn finish<T>(mut self, value: Option<T>) -> Result<T, Vec<Problem>> {
         self.problems.sort_by_key(|p| (p.line, p.column));
         match value {
             Some(value) if self.problems.is_empty() => Ok(value),

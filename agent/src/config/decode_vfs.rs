@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
+use super::Problem;
 use super::decode::{Decoder, Fields};
 use super::scalars;
 use super::units;
 use super::values::{self, Seen};
-use super::yaml::{Node, Pos};
+use super::yaml::{Node, Pos, Value};
 use super::{DEFAULT_MOUNT_ROOT, FsType, Share, Smb, VfsDef, VfsInterface, VfsVolume};
 
 const VFS_FIELDS: &[&str] = &[
@@ -69,6 +70,35 @@ impl VfsContext {
     pub fn standalone() -> Self {
         Self::new(None, None, PathBuf::from(DEFAULT_MOUNT_ROOT), Vec::new())
     }
+}
+
+/// Decodes a file holding one VFS definition, as an item of `vfs:`; its mounts default to
+/// [`super::DEFAULT_MOUNT_ROOT`], and its replication peer is checked by name only.
+pub(super) fn decode(root: Option<&Node>) -> Result<VfsDef, Vec<Problem>> {
+    let mut d = Decoder::default();
+    let vfs = match root {
+        // A site configuration where a VFS definition was expected: one problem says so.
+        Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) if let Some((key, _)) = entries.iter().find(|(k, _)| k.as_str() == Some("version")) => {
+            let message = "this is a site configuration (it has a `version`), expected one VFS \
+                           definition: the fields of an item of `vfs:` (`name`, `volumes`, ...)";
+            d.push(key.pos, "(document)", message);
+            None
+        }
+        Some(node) if !node.is_null() => {
+            let mut context = VfsContext::standalone();
+            d.vfs(node, "", &mut context)
+        }
+        _ => {
+            let message = "the file holds no VFS definition, expected a mapping with the fields \
+                           of an item of `vfs:` (`name`, `volumes`, ...)";
+            d.push(Pos::START, "(document)", message);
+            None
+        }
+    };
+    d.finish(vfs)
 }
 
 impl Decoder {

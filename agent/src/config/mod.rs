@@ -154,5 +154,5 @@ pub fn parse_vfs(text: &str, origin: &Path) -> Result<VfsDef, ConfigError> {
         problems,
     };
     let root = yaml::parse(text).map_err(|problem| invalid(vec![problem]))?;
-    decode::decode_vfs(root.as_ref()).map_err(invalid)
+    decode_vfs::decode(root.as_ref()).map_err(invalid)
 }

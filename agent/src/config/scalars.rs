@@ -122,10 +122,11 @@ pub(super) fn interface_address(node: &Node) -> Result<(Ipv4Addr, u8), String> {
 pub(super) fn socket_address(node: &Node, peer: bool) -> Result<SocketAddr, String> {
     if matches!(node.value, Value::Seq(_)) {
         // `[2001:db8::1]:7800` unquoted starts a YAML sequence.
-        return Err(format!(
+        return Err(
             "expected an address `IP:PORT`, found a sequence (quote an IPv6 address: \
              \"[2001:db8::1]:7800\")"
-        ));
+                .into(),
+        );
     }
     units::socket_address(text(node, "an address IP:PORT")?, peer)
 }

@@ -42,7 +42,7 @@ pub(super) const SOCKET_EXPECTED: &str =
 fn show(value: u64, units: &[(&str, u64)]) -> String {
     let (unit, scale) = units
         .iter()
-        .find(|(_, scale)| value != 0 && value % scale == 0)
+        .find(|(_, scale)| value != 0 && value.is_multiple_of(*scale))
         .unwrap_or(&units[units.len() - 1]);
     format!("{}{unit}", value / scale)
 }
@@ -105,7 +105,7 @@ pub(super) fn volume_size(bytes: u64, fs: FsType) -> Result<(), String> {
             show_size(min),
             show_size(bytes)
         ))
-    } else if bytes % VOLUME_BLOCK != 0 {
+    } else if !bytes.is_multiple_of(VOLUME_BLOCK) {
         Err(format!(
             "must be a whole number of 4KiB blocks, found {bytes} bytes"
         ))

@@ -104,7 +104,7 @@ pub enum PeerError {
         cert: PathBuf,
         ca: PathBuf,
         site: String,
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     #[error("{peer:?} cannot be a TLS server name (site names are DNS names)")]
     InvalidName { peer: String },

@@ -108,7 +108,7 @@ impl PeerTls {
                 cert: self.files.cert.clone(),
                 ca: self.files.ca.clone(),
                 site: site.to_owned(),
-                source,
+                source: Box::new(source),
             }
         })
     }

@@ -72,7 +72,14 @@ pub fn reserve(
             let on: Vec<&PlannedLink> = report.links.iter().filter(|l| l.parent == parent).collect();
             items.push((ResourceKind::Link, parent.to_owned(), json!({ "links": on })));
         }
+        // A mount point found in place keeps what was recorded when it was created.
+        let existing = store.reservations(&vfs)?;
         for (m, created) in report.mounts.iter().zip(created_dirs) {
+            let target = m.target.display().to_string();
+            let created = created
+                || existing.iter().any(|r| {
+                    r.kind == ResourceKind::Mount && r.resource == target && r.detail["created_dir"] == true
+                });
             items.push((
                 ResourceKind::Mount,
                 m.target.display().to_string(),

@@ -246,3 +246,12 @@ fn reconcile_recreates_missing_objects() {
     let steps = super::reconcile(&w.store, &mut w.links, &mut w.mounts).unwrap();
     assert!(steps.iter().all(|(_, s)| s.action == "present"));
 }
+
+#[test]
+fn reserving_again_keeps_the_record_that_the_mount_point_was_created() {
+    let mut w = World::new();
+    w.reserve(&def("fs1", MNT), false);
+    w.reserve(&def("fs1", MNT), false);
+    release("fs1", &mut w.store, &mut w.links, &mut w.mounts).unwrap();
+    assert!(w.mounts.dirs.is_empty(), "the directory the reservation made is removed");
+}

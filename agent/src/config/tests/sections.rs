@@ -320,7 +320,9 @@ fn a_vfs_file_is_checked_on_its_own() {
         .expect_err("invalid")
         .to_string();
     assert!(
-        found.starts_with("f:1:1: version: unknown field `version`"),
+        found
+            == "f:1:1: (document): this is a site configuration (it has a `version`), expected one \
+             VFS definition: the fields of an item of `vfs:` (`name`, `volumes`, ...)",
         "{found}"
     );
     let found = parse_vfs("# nothing\n", Path::new("f"))
