@@ -103,6 +103,20 @@ fn reload(agent: &Agent, config: &Path, text: &str) -> anyhow::Result<()> {
     })
 }
 
+/// Runs `vfsdr ARGS --socket S` on a pseudo-terminal (util-linux `script`) with `input` typed.
+fn on_terminal(agent: &Agent, args: &str, input: &str) -> anyhow::Result<(i32, String)> {
+    use std::io::Write as _;
+    let cmd = format!("{} {args} --socket {}", vfsdr_lab::agent::vfsdr_bin()?.display(), agent.socket().display());
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
 struct TwoSites {
     a: Agent,
     b: Agent,
@@ -236,6 +250,9 @@ fn each_shortage_yields_exactly_its_discrepancy() -> anyhow::Result<()> {
     reload(&t.b, &t.b_config, &with(dr_resources(b, "    - {name: eth7, networks: [lan]}\n", "0")))?;
     let (code, _, err) = t.b.cli_status(&["reserve", "fs1"])?;
     ensure!(code == 3 && err.contains("aborting"), "exit {code}: {err}");
+    // On a terminal it asks; the operator terminates.
+    let (code, out) = on_terminal(&t.b, "reserve fs1", "t\n")?;
+    ensure!(code == 3 && out.contains("[t]erminate or [p]roceed"), "exit {code}: {out}");
     ensure!(json(&t.b.cli(["vfs", "--json"])?)?[0]["reservations"].as_array().map(Vec::len) == Some(0));
     let (code, out, err) = t.b.cli_status(&["reserve", "fs1", "--on-shortage", "proceed", "--json"])?;
     ensure!(code == 0, "exit {code}: {out}{err}");

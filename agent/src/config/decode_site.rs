@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::decode::{Decoder, Fields};
 use super::scalars;
 use super::values::Seen;
-use super::yaml::{Node, Pos};
+use super::yaml::{Node, Pos, Value};
 use super::{DEFAULT_MOUNT_ROOT, Link, Peer, Pool, Resources, Site, Tls, Volume, VolumeSource};
 
 const SITE_FIELDS: &[&str] = &["name", "listen", "tls"];
@@ -82,9 +82,13 @@ impl Decoder {
 
     pub(super) fn peers(&mut self, top: &Fields, site: &SiteSection) -> PeersSection {
         let items = self.optional_items(top, "peers", "peers");
+        // Peers that are not a sequence (reported) are not known either.
+        let listed = top
+            .optional("peers")
+            .is_none_or(|node| matches!(node.value, Value::Seq(_)));
         let mut section = PeersSection {
             peers: Vec::new(),
-            names: Some(Vec::new()),
+            names: listed.then(Vec::new),
             any: !items.is_empty(),
         };
         let mut seen = Seen::new();

@@ -1,9 +1,15 @@
-//! The site configuration: loading and validating `/etc/vfsdr/vfsdr.yaml`.
+//! The site configuration: loading and validating `/etc/vfsdr/vfsdr.yaml` (format version
+//! [`VERSION`]), and the VFS definitions in it.
 //!
 //! [`load`] and [`parse`] either return a complete [`Config`] or a [`ConfigError`] that lists
 //! every problem of the file, each with its line, column and field, and what was expected.
 //! An optional field that is left out or left empty (null) takes its default.
-//! Whether devices and images exist is not checked here: the agent checks that when it starts.
+//! Whether devices, images and links exist is not checked here: the agent checks that when it
+//! starts, and the precheck before a VFS moves.
+//!
+//! [`parse_vfs_file`] reads one VFS definition on its own; [`VfsDef::validate`] applies the same
+//! rules to a definition that did not come from YAML (from a peer, as JSON). The rules of values
+//! live in `values.rs` and `units.rs`, shared by both.
 
 mod check;
 mod decode;

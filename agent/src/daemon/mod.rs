@@ -267,7 +267,7 @@ fn push_definitions(agent: &Agent, link: Option<&mut PeerLink>) {
                     tracing::info!(site = %site, vfs = %vfs, peer = %peer, event = "definition_pushed", "definition acknowledged by the DR site");
                     acked.lock().expect("not poisoned").insert(key, entry);
                 }
-                Ok(Message::Error { message }) => tracing::error!(site = %site, vfs = %vfs, peer = %peer,
+                Ok(Message::Error { message }) | Err(peer::PeerError::Remote { message, .. }) => tracing::error!(site = %site, vfs = %vfs, peer = %peer,
                     event = "definition_refused", reason = %message, "DR site refused the definition"),
                 Ok(other) => tracing::error!(site = %site, vfs = %vfs, peer = %peer, event = "definition_refused",
                     reason = other.kind(), "unexpected answer to a definition"),
@@ -291,6 +291,10 @@ fn forward(link: Option<&PeerLink>, peer: &str, message: Message, reply: oneshot
     tokio::spawn(async move {
         let response = match client.call(message).await {
             Ok(answer) => vfs::answer_to_response(answer),
+            // The DR site answered with an error: that is the operator's answer.
+            Err(peer::PeerError::Remote { message, .. }) => Response::Error {
+                message: format!("site {peer}: {message}"),
+            },
             Err(e) => Response::Error {
                 message: format!("cannot reach the DR site {peer}: {e}"),
             },
