@@ -241,11 +241,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for file in &files {
                 match config::load(file) {
                     Ok(c) => println!(
-                        "{}: ok (site {}, {} volume{})",
+                        "{}: ok (site {}, {} peer(s), {} VFS(s), {} tracked volume(s))",
                         file.display(),
                         c.site.name,
+                        c.peers.len(),
+                        c.vfs.len(),
                         c.volumes.len(),
-                        if c.volumes.len() == 1 { "" } else { "s" }
                     ),
                     Err(e) => {
                         ok = false;

@@ -164,6 +164,18 @@ fn a_sufficient_dr_site_reserves_reconciles_and_releases() -> anyhow::Result<()>
     let report = json(&out)?;
     ensure!(report["sufficient"] == true && report["site"] == "site-b", "{report}");
 
+    // A proposed change adding an interface on a network the DR site does not carry.
+    let change = t.b_config.with_file_name("fs1-change.yaml");
+    let proposed = vfs_yaml("fs1", "site-b", &t.mount, 0)
+        .replace("        network: lan\n", "        network: lan\n      - name: smb1\n        address: 198.18.1.100/24\n        network: backup\n");
+    // The file holds one definition, as an item of `vfs:` without the list dash.
+    let proposed: String = proposed.lines().map(|l| format!("{}\n", l.get(4..).unwrap_or(""))).collect();
+    std::fs::write(&change, proposed)?;
+    let (code, out, err) = t.a.cli_status(&["precheck", "fs1", "--for", "change", change.to_str().context("path")?, "--json"])?;
+    ensure!(code == 3, "precheck of the change: exit {code}: {out}{err}");
+    let r = json(&out)?;
+    ensure!(kinds(&r) == ["no_link_for_network"] && r["purpose"] == "change", "{r}");
+
     let (code, out, err) = t.b.cli_status(&["reserve", "fs1", "--json"])?;
     ensure!(code == 0, "reserve exit {code}: {out}{err}");
     let outcome = json(&out)?;

@@ -15,7 +15,7 @@ use crate::{
 
 fn config(volumes: &[(&str, VolumeSource)]) -> Config {
     Config {
-        version: 1,
+        version: 2,
         site: Site {
             name: "site-a".into(),
             listen: None,
