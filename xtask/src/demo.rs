@@ -1,8 +1,10 @@
 //! `cargo xtask demo`: the main job, end to end, in the lab.
 //!
-//! Sets up what is missing, builds vfsdr, builds a lab site (network namespace on the lab LAN,
-//! an XFS pool, a volume image formatted and mounted), starts the agent in the site's network
-//! namespace watching the volume, starts a writer on the volume, and shows `vfsdr status` live.
+//! Sets up what is missing, builds vfsdr, builds a lab of two sites (network namespaces on the lab
+//! LAN, each with an XFS pool; site-a has a volume image formatted and mounted, site-b a replica
+//! of it), starts an agent in each site's network namespace with a peer link between them,
+//! starts a writer on site-a's volume and shows `vfsdr status` live; then asks for the DR
+//! precheck of VFS fs1, reserves its resources at site-b, shows them, and releases them.
 //! Everything is torn down at the end (also on Ctrl-C or failure).
 use std::{
     process::{Command, Stdio},
@@ -11,7 +13,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use vfsdr_lab::{GIB, Lab, agent::{Agent, write_config}, require_root};
+use vfsdr_lab::{
+    GIB, Lab,
+    agent::{Agent, make_certs, write_config_with_peers},
+    require_root,
+};
 
 use crate::{setup, util};
 
@@ -31,19 +37,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     unsafe { std::env::set_var("VFSDR_BIN", &bin) };
     stop_on_ctrl_c();
 
-    eprintln!("== lab: site-a with an XFS pool and a 1 GiB volume");
+    eprintln!("== lab: site-a (active) and site-b (its DR site), each with an XFS pool");
     let lab = Lab::new("demo")?;
     let site = lab.add_site("site-a")?;
+    let dr = lab.add_site("site-b")?;
+    let certs = lab.dir().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    make_certs(&certs, &["site-a", "site-b"])?;
     let vol = site.pool().create_volume("data", GIB)?;
-    let config = write_config(
+    let mount = lab.dir().join("vfs-mnt/fs1/data");
+    let replica = dr.pool().mount_point().join("replicas/fs1/data.img");
+    std::fs::create_dir_all(replica.parent().context("replica dir")?)?;
+    util::run(Command::new("truncate").args(["-s", "1G"]).arg(&replica))?;
+    util::run(Command::new("mkfs.xfs").arg("-q").arg(&replica))?;
+    let config = write_config_with_peers(
         &site,
-        &format!("volumes:\n  - name: data\n    image: {}\n", vol.image().display()),
+        &certs,
+        &[&dr],
+        &format!(
+            "volumes:\n  - name: data\n    image: {}\nresources:\n  pool:\n    path: {}\nvfs:\n  - name: fs1\n    \
+             volumes:\n      - {{name: data, size: 1GiB, mount: {}}}\n    interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    \
+             smb:\n      netbios_name: FS1\n      shares:\n        - {{name: data, volume: data}}\n    replication:\n      peer: site-b\n      interval: 60s\n",
+            vol.image().display(),
+            site.pool().mount_point().display(),
+            mount.display()
+        ),
     )?;
-    eprintln!("   site namespace {}, address {}", site.netns().name(), site.address());
+    let dr_config = write_config_with_peers(
+        &dr,
+        &certs,
+        &[&site],
+        &format!(
+            "resources:\n  links:\n    - {{name: eth0, networks: [lan]}}\n  pool:\n    path: {}\n",
+            dr.pool().mount_point().display()
+        ),
+    )?;
+    eprintln!("   site-a namespace {}, address {}", site.netns().name(), site.address());
     eprintln!("   volume image {} on {}, mounted at {}", vol.image().display(), vol.loop_device().display(), vol.mount_point().display());
-    eprintln!("   config {}", config.display());
+    eprintln!("   site-b namespace {}, address {}, replica {}", dr.netns().name(), dr.address(), replica.display());
+    eprintln!("   configs {} and {}", config.display(), dr_config.display());
 
-    eprintln!("== agent: {} agent --config {}", bin.display(), config.display());
+    eprintln!("== agents: {} agent --config ... in each site's network namespace", bin.display());
+    let dr_agent = Agent::start(&dr, &dr_config)?;
     let agent = Agent::start(&site, &config)?;
     agent.changed("data", true)?;
 
@@ -77,8 +112,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         taken.blocks(),
         taken.ranges.len()
     );
+
+    println!("\n== DR resources of VFS fs1, asked at site-a, answered by site-b over the peer link");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dr_agent.cli(["vfs"])?.contains("fs1") {
+        anyhow::ensure!(Instant::now() < deadline, "site-b never received fs1's definition");
+        thread::sleep(Duration::from_millis(200));
+    }
+    print!("$ vfsdr vfs   (at site-b)\n{}", dr_agent.cli(["vfs"])?);
+    for args in [["precheck", "fs1"], ["reserve", "fs1"]] {
+        let (_, out, err) = agent.cli_status(&args)?;
+        print!("$ vfsdr {}   (at site-a)\n{out}{err}", args.join(" "));
+    }
+    print!("$ ip -br -d link show fs1-0   (in site-b)\n{}", dr.run("ip", ["-br", "-d", "link", "show", "fs1-0"])?);
+    print!("$ vfsdr vfs   (at site-b)\n{}", dr_agent.cli(["vfs"])?);
+    print!("$ vfsdr release fs1   (at site-a)\n{}", agent.cli(["release", "fs1"])?);
+
     let exit = agent.stop()?;
-    println!("agent stopped ({exit}); tearing the lab down");
+    let dr_exit = dr_agent.stop()?;
+    println!("\nagents stopped ({exit}, {dr_exit}); tearing the lab down");
     Ok(())
 }
 

@@ -3,10 +3,7 @@ use std::net::Ipv4Addr;
 
 use super::{FakeLinks, FakeMounts, Kind, Purpose, Report, precheck, release, reserve};
 use crate::{
-    config::{
-        Compression, FsType, Link, Pool, Replication, Resources, Retention, Smb, VfsDef,
-        VfsInterface, VfsVolume,
-    },
+    config::{Link, Pool, Resources, VfsDef, test_vfs},
     resources::{mounts::Mounts, net::Links, precheck::Site},
     state::{ResourceKind, Role, Store},
 };
@@ -16,32 +13,7 @@ const IMG: &str = "/pool/replicas/fs1/data.img";
 const MNT: &str = "/srv/vfsdr/mnt/fs1/data";
 
 fn def(name: &str, mount: &str) -> VfsDef {
-    VfsDef {
-        name: name.into(),
-        volumes: vec![VfsVolume {
-            name: "data".into(),
-            size_bytes: 2 * GIB,
-            filesystem: FsType::Xfs,
-            mount: mount.into(),
-        }],
-        interfaces: vec![VfsInterface {
-            name: "smb0".into(),
-            address: Ipv4Addr::new(198, 18, 0, 100),
-            prefix_len: 24,
-            network: "lan".into(),
-        }],
-        smb: Smb {
-            netbios_name: name.to_uppercase(),
-            shares: vec![],
-        },
-        replication: Replication {
-            peer: "site-a".into(),
-            interval_s: 60,
-            compression: Compression::Zstd,
-            bandwidth_limit_bytes_per_s: None,
-        },
-        snapshots: Retention::default(),
-    }
+    test_vfs(name, "site-a", mount)
 }
 
 fn resources() -> Resources {
