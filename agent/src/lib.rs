@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod peer;
+pub mod replication;
 pub mod resources;
 pub mod state;
 pub mod tracking;

@@ -1,4 +1,5 @@
-//! The calling side: one connection per peer, calls serialized on it, reconnected when needed.
+//! The calling side: one connection per peer, calls serialized on it, reconnected when needed;
+//! and data connections, each on a connection of its own.
 use std::{sync::Arc, time::Duration};
 
 use rustls_pki_types::ServerName;
@@ -7,6 +8,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::Mutex};
 use super::{
     Envelope, FrameError, HELLO_ID, Message, PROTOCOL, PeerContext, PeerError,
     frame::{read_json, write_json},
+    protocol::DataPurpose,
 };
 use crate::config::Peer;
 
@@ -28,6 +30,9 @@ impl Default for Timeouts {
 }
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The client side of a data connection ([`PeerClient::open_data`]): TLS over TCP.
+pub type DataStream = Stream;
 
 struct Connection {
     stream: Stream,
@@ -98,6 +103,31 @@ impl PeerClient {
         }
     }
 
+    /// Opens a data connection for `purpose`: a new connection (TCP, TLS, `Hello` as for calls,
+    /// within the connect timeout), then `OpenData` answered with `Ack` within the call timeout.
+    /// Returns the TLS stream, now carrying only the frames of [`crate::replication::wire`]; the
+    /// client's own connection for calls is not touched. A refusal (`Error`) is
+    /// [`PeerError::Remote`]; nothing is retried.
+    pub async fn open_data(&self, purpose: DataPurpose) -> Result<DataStream, PeerError> {
+        let mut connection = self.connect().await?;
+        match self.request(&mut connection, &purpose.message()).await? {
+            Message::Ack => Ok(connection.stream),
+            Message::Error { message } => Err(PeerError::Remote {
+                peer: self.peer.name.clone(),
+                sent: "open_data",
+                message,
+            }),
+            other => Err(PeerError::UnexpectedReply {
+                peer: self.peer.name.clone(),
+                address: self.peer.address,
+                sent: "open_data",
+                sent_id: connection.next_id - 1,
+                got: other.kind(),
+                got_id: connection.next_id - 1,
+            }),
+        }
+    }
+
     /// Closes the connection (with a TLS `close_notify`), if any; the next call opens a new one.
     pub async fn disconnect(&self) {
         if let Some(mut connection) = self.connection.lock().await.take() {
@@ -128,6 +158,15 @@ impl PeerClient {
             *slot = Some(self.connect().await?);
         }
         let connection = slot.as_mut().expect("connected above");
+        self.request(connection, message).await
+    }
+
+    /// One request and its reply on `connection`, within the call timeout.
+    async fn request(
+        &self,
+        connection: &mut Connection,
+        message: &Message,
+    ) -> Result<Message, PeerError> {
         let id = connection.next_id;
         connection.next_id += 1;
         let after = self.timeouts.call;

@@ -36,6 +36,14 @@
 //! Requests to a peer go through a [`PeerClient`] (one connection, calls serialized, reconnected
 //! when needed). [`spawn_heartbeats`] probes every peer every two seconds on connections of its
 //! own, so a long call never delays a heartbeat, and keeps a [`PeerStatus`] for `vfsdr status`.
+//!
+//! # Data connections
+//!
+//! The blocks of a replication cycle do not travel as messages: [`PeerClient::open_data`] opens
+//! a connection of its own (same TLS, same `Hello`), sends `OpenData { vfs }`, and once answered
+//! with `Ack` the connection carries only the binary frames of [`crate::replication::wire`].
+//! On the accepting side, [`serve_with_data`] hands such a connection to the agent as a
+//! [`DataConn`] through a second channel and stops reading it; [`serve`] refuses `OpenData`.
 mod client;
 pub mod frame;
 mod protocol;
@@ -44,16 +52,18 @@ mod status;
 mod tls;
 
 #[cfg(test)]
+mod data_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-pub use client::{PeerClient, Timeouts};
+pub use client::{DataStream, PeerClient, Timeouts};
 pub use frame::FrameError;
-pub use protocol::{Envelope, HELLO_ID, Message, PROTOCOL};
-pub use server::{PeerRequest, bind, serve};
+pub use protocol::{DataPurpose, Envelope, HELLO_ID, Message, PROTOCOL};
+pub use server::{DataConn, PeerRequest, ServerDataStream, bind, serve, serve_with_data};
 pub use status::{
     HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, PeerHealth, PeerStatus, heartbeat, spawn_heartbeats,
 };

@@ -83,6 +83,35 @@ pub enum Message {
     Error {
         message: String,
     },
+    /// Turns this connection into a data connection for the blocks of `vfs`
+    /// ([`crate::replication::wire`]): answered with `Ack`, after which neither side sends
+    /// another message on it. Sent by [`super::PeerClient::open_data`] on a connection of its own.
+    OpenData {
+        vfs: String,
+    },
+}
+
+/// What a data connection is for ([`super::PeerClient::open_data`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataPurpose {
+    /// The blocks of a replication cycle of the VFS (the active site sends them to its DR site).
+    Replication { vfs: String },
+}
+
+impl DataPurpose {
+    /// The VFS the connection is for.
+    pub fn vfs(&self) -> &str {
+        match self {
+            DataPurpose::Replication { vfs } => vfs,
+        }
+    }
+
+    /// The request that opens such a connection.
+    pub fn message(&self) -> Message {
+        match self {
+            DataPurpose::Replication { vfs } => Message::OpenData { vfs: vfs.clone() },
+        }
+    }
 }
 
 impl Message {
@@ -101,6 +130,7 @@ impl Message {
             Message::Release { .. } => "release",
             Message::Released { .. } => "released",
             Message::Error { .. } => "error",
+            Message::OpenData { .. } => "open_data",
         }
     }
 

@@ -1,4 +1,5 @@
-//! The accepting side: TLS, the `Hello` checks, then requests handed to the agent.
+//! The accepting side: TLS, the `Hello` checks, then requests handed to the agent, or the whole
+//! connection when it asks to become a data connection (`OpenData`).
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
@@ -35,6 +36,22 @@ impl PeerRequest {
     }
 }
 
+/// The server side of a data connection: TLS over TCP.
+pub type ServerDataStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// A data connection a peer opened with `OpenData` ([`super::PeerClient::open_data`]), after the
+/// same TLS and `Hello` checks as any connection and answered with `Ack`. From here on the
+/// stream is the agent's, for the frames of [`crate::replication::wire`]; the peer link neither
+/// reads it nor closes it (not even when [`serve_with_data`] stops). `from` is the peer's site
+/// name, authenticated by its certificate; `vfs` is as the peer sent it (unchecked).
+#[derive(Debug)]
+pub struct DataConn {
+    pub from: String,
+    pub vfs: String,
+    pub remote: SocketAddr,
+    pub stream: ServerDataStream,
+}
+
 /// Binds the peer link's listening socket.
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, PeerError> {
     TcpListener::bind(address)
@@ -43,18 +60,46 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, PeerError> {
 }
 
 /// Accepts peer connections until dropped (or aborted), which also closes every connection it
-/// accepted. Heartbeats are answered here; every other request goes to `requests`.
+/// accepted. Heartbeats are answered here; every other request goes to `requests`. `OpenData`
+/// is answered with an `Error`: see [`serve_with_data`].
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<PeerContext>,
     requests: mpsc::Sender<PeerRequest>,
+) {
+    serve_inner(listener, ctx, requests, None).await
+}
+
+/// [`serve`], and data connections: a connection whose request is `OpenData` is answered with
+/// `Ack` and handed to `data` as a [`DataConn`]. When the agent has dropped `data`'s receiver,
+/// `OpenData` is answered with an `Error`; while its channel is full, the `Ack` waits.
+pub async fn serve_with_data(
+    listener: TcpListener,
+    ctx: Arc<PeerContext>,
+    requests: mpsc::Sender<PeerRequest>,
+    data: mpsc::Sender<DataConn>,
+) {
+    serve_inner(listener, ctx, requests, Some(data)).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    ctx: Arc<PeerContext>,
+    requests: mpsc::Sender<PeerRequest>,
+    data: Option<mpsc::Sender<DataConn>>,
 ) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    connections.spawn(connection(stream, remote, ctx.clone(), requests.clone()));
+                    connections.spawn(connection(
+                        stream,
+                        remote,
+                        ctx.clone(),
+                        requests.clone(),
+                        data.clone(),
+                    ));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: wait instead of spinning.
@@ -74,6 +119,7 @@ async fn connection(
     remote: SocketAddr,
     ctx: Arc<PeerContext>,
     requests: mpsc::Sender<PeerRequest>,
+    data: Option<mpsc::Sender<DataConn>>,
 ) {
     let _ = stream.set_nodelay(true);
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &ctx)).await;
@@ -94,9 +140,21 @@ async fn connection(
     };
     tracing::debug!(site = %ctx.site(), event = "peer_connected", peer = %peer, remote = %remote,
         "peer link connection accepted");
-    match requests_loop(&mut tls, &peer, &ctx, &requests).await {
-        Ok(()) => tracing::debug!(site = %ctx.site(), event = "peer_disconnected", peer = %peer,
-            remote = %remote, "peer closed the link connection"),
+    match requests_loop(&mut tls, &peer, &ctx, &requests, data.as_ref()).await {
+        Ok(Ended::Closed) => {
+            tracing::debug!(site = %ctx.site(), event = "peer_disconnected", peer = %peer,
+            remote = %remote, "peer closed the link connection")
+        }
+        Ok(Ended::Data { vfs, permit }) => {
+            tracing::info!(site = %ctx.site(), event = "peer_data_opened", peer = %peer, vfs = %vfs,
+                remote = %remote, "peer opened a data connection");
+            permit.send(DataConn {
+                from: peer,
+                vfs,
+                remote,
+                stream: tls,
+            });
+        }
         Err(error) => tracing::warn!(site = %ctx.site(), event = "peer_bad_frame", peer = %peer,
             remote = %remote, error = %error, "closing the peer link connection"),
     }
@@ -235,17 +293,30 @@ fn listed_peers(ctx: &PeerContext) -> String {
     }
 }
 
-/// Answers requests in order until the peer closes the connection (`Ok`) or sends a bad frame.
+/// How a connection's requests ended, short of a bad frame.
+enum Ended {
+    /// The peer closed the connection.
+    Closed,
+    /// The connection became a data connection (`Ack` sent); `permit` hands it to the agent.
+    Data {
+        vfs: String,
+        permit: mpsc::OwnedPermit<DataConn>,
+    },
+}
+
+/// Answers requests in order until the peer closes the connection, it becomes a data connection,
+/// or the peer sends a bad frame.
 async fn requests_loop<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     peer: &str,
     ctx: &PeerContext,
     requests: &mpsc::Sender<PeerRequest>,
-) -> Result<(), FrameError> {
+    data: Option<&mpsc::Sender<DataConn>>,
+) -> Result<Ended, FrameError> {
     loop {
         let body = match read_frame(stream).await {
             Ok(body) => body,
-            Err(FrameError::Closed) => return Ok(()),
+            Err(FrameError::Closed) => return Ok(Ended::Closed),
             Err(error) => return Err(error),
         };
         let request = match decode_envelope(&body) {
@@ -265,6 +336,36 @@ async fn requests_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(FrameError::Json(error));
             }
         };
+        if let Message::OpenData { vfs } = request.body {
+            // A slot in the agent's channel first, so an `Ack` is never sent for a connection
+            // nobody takes.
+            let permit = match data {
+                Some(data) => data
+                    .clone()
+                    .reserve_owned()
+                    .await
+                    .map_err(|_| format!("{} is shutting down", ctx.site())),
+                None => Err(format!("{} does not take data connections", ctx.site())),
+            };
+            let answer = match &permit {
+                Ok(_) => Message::Ack,
+                Err(message) => Message::Error {
+                    message: message.clone(),
+                },
+            };
+            write_json(
+                stream,
+                &Envelope {
+                    id: request.id,
+                    body: answer,
+                },
+            )
+            .await?;
+            match permit {
+                Ok(permit) => return Ok(Ended::Data { vfs, permit }),
+                Err(_) => continue,
+            }
+        }
         let answer = answer(request.body, peer, ctx, requests).await;
         write_json(
             stream,

@@ -20,6 +20,7 @@
 mod definitions;
 mod reservations;
 mod schema;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::VfsDef;
 
 pub use schema::SCHEMA_VERSION;
+pub use snapshots::{CycleState, InFlight, Snapshot, SnapshotImage, SnapshotState, SourceState};
 
 /// The database's file name inside the state directory.
 pub const DB_FILE: &str = "vfsdr.db";
@@ -234,6 +236,67 @@ pub enum StateError {
         resource: String,
         holder: String,
     },
+    #[error("VFS {vfs}: cannot encode the {what}: {source}")]
+    EncodeRecord {
+        vfs: String,
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error(
+        "VFS {vfs}: {what} {value} is above the largest the store keeps ({})",
+        i64::MAX
+    )]
+    OutOfRange {
+        vfs: String,
+        what: &'static str,
+        value: u64,
+    },
+    #[error("VFS {vfs} has no snapshot {id}")]
+    UnknownSnapshot { vfs: String, id: u64 },
+    /// At most one cycle of a VFS is in flight at a time.
+    #[error(
+        "VFS {vfs}: cycle {cycle} is in flight, cycle {offered} refused: commit or abandon \
+         cycle {cycle} first"
+    )]
+    CycleInProgress {
+        vfs: String,
+        cycle: u64,
+        offered: u64,
+    },
+    #[error("VFS {vfs}: cycle {cycle} is not in flight")]
+    NoCycle { vfs: String, cycle: u64 },
+    /// Cycle numbers only go forward.
+    #[error("VFS {vfs}: cycle {cycle} refused, cycle {latest} is already stored")]
+    StaleCycle {
+        vfs: String,
+        cycle: u64,
+        latest: u64,
+    },
+    /// A delta must apply to the snapshot the replica images hold.
+    #[error(
+        "VFS {vfs}: cycle {cycle} on {} refused, it must be on {}",
+        base_name(*base),
+        base_name(*expected)
+    )]
+    CycleBase {
+        vfs: String,
+        cycle: u64,
+        /// `None`: a full sync.
+        base: Option<u64>,
+        expected: Option<u64>,
+    },
+    #[error("VFS {vfs}: snapshot {id} is the base of cycle {cycle} in flight")]
+    SnapshotInUse { vfs: String, id: u64, cycle: u64 },
+    #[error("VFS {vfs}: snapshot {id} is not marked for pruning")]
+    NotPruning { vfs: String, id: u64 },
+}
+
+/// How [`StateError::CycleBase`] names a cycle's base.
+fn base_name(base: Option<u64>) -> String {
+    base.map_or_else(
+        || "no snapshot (a full sync)".into(),
+        |id| format!("snapshot {id}"),
+    )
 }
 
 /// The site's state database.

@@ -22,7 +22,7 @@ pub(super) const APPLICATION_ID: i32 = 0x7666_7364;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration steps: step `i` brings a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: definitions, reservations, shortages.
 ///
@@ -59,6 +59,81 @@ CREATE TABLE shortage (
     recorded_unix INTEGER NOT NULL CHECK (recorded_unix >= 0)
 ) STRICT;
 CREATE INDEX shortage_by_vfs ON shortage (vfs);
+";
+
+/// Version 2: the snapshot catalog and replication cycle progress.
+///
+/// `snapshot` (DR site) is the catalog of a VFS's group-consistent snapshots, whose images are
+/// reflinked to `<pool>/snapshots/<vfs>/<id>/<volume>.img`:
+/// - `vfs`: the VFS; its definition cannot be removed while it has snapshots;
+/// - `id`: the snapshot's id, equal to the number of the cycle it was taken after (`cycle`),
+///   so the id, and the directory of the images, are known before the snapshot is committed,
+///   and ids increase with the cycles;
+/// - `cycle`: the replication cycle whose data the snapshot holds (= `id`);
+/// - `created_unix`: when it was committed (seconds since the Unix epoch);
+/// - `epoch`: the VFS epoch the cycle was replicated under;
+/// - `images`: JSON `[{volume, path, size, allocated}]`, one per volume: the reflinked image,
+///   its apparent size and its allocated bytes (both in bytes);
+/// - `changed_bytes`: the bytes the cycle changed (the delta, uncompressed);
+/// - `shipped_bytes`: the bytes the cycle sent over the link (compressed, with framing);
+/// - `state`: `committed`, or `pruning` once retention chose to delete it: its files may be
+///   partly deleted and the row goes once they all are.
+///
+/// The table is clustered by (vfs, id) (`WITHOUT ROWID`): listing a VFS's snapshots, or
+/// finding its latest, reads one range of the primary key, also with thousands of snapshots;
+/// `snapshot_by_time` serves lookups by age.
+///
+/// `cycle` (DR site) is the cycle being received for a VFS, at most one per VFS:
+/// - `cycle`: its number, greater than that of every stored snapshot;
+/// - `base`: the snapshot the delta applies to, NULL for a full (initial) sync; the foreign key
+///   keeps that snapshot from being removed while the cycle is in flight;
+/// - `state`: `receiving` while the data arrives (the replica images are being written),
+///   `applied` once all of it is written and only the snapshot remains to be taken;
+/// - `started_unix`: when the cycle began (seconds since the Unix epoch);
+/// - `progress`: JSON, what the receiver needs to resume the cycle, e.g. the bytes done per
+///   volume of an initial sync.
+///
+/// `source_cycle` (active site) is a VFS's replication progress as its source sees it:
+/// - `last_acked`: the last cycle the DR site acknowledged as a committed snapshot, NULL
+///   before the first;
+/// - `clone`: JSON, the paths of the clones of the volumes taken at `last_acked`, the base of
+///   the next delta;
+/// - `initial_done`: 1 once a full sync was acknowledged, 0 while one is needed or under way;
+/// - `updated_unix`: when the row last changed (seconds since the Unix epoch).
+const V2: &str = "
+CREATE TABLE snapshot (
+    vfs           TEXT NOT NULL REFERENCES vfs (name) ON UPDATE RESTRICT ON DELETE RESTRICT,
+    id            INTEGER NOT NULL CHECK (id >= 0),
+    cycle         INTEGER NOT NULL CHECK (cycle = id),
+    created_unix  INTEGER NOT NULL CHECK (created_unix >= 0),
+    epoch         INTEGER NOT NULL CHECK (epoch >= 0),
+    images        TEXT NOT NULL CHECK (json_valid(images) AND json_type(images) = 'array'),
+    changed_bytes INTEGER NOT NULL CHECK (changed_bytes >= 0),
+    shipped_bytes INTEGER NOT NULL CHECK (shipped_bytes >= 0),
+    state         TEXT NOT NULL CHECK (state IN ('committed', 'pruning')),
+    PRIMARY KEY (vfs, id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX snapshot_by_time ON snapshot (vfs, created_unix);
+
+CREATE TABLE cycle (
+    vfs          TEXT PRIMARY KEY NOT NULL
+                 REFERENCES vfs (name) ON UPDATE RESTRICT ON DELETE RESTRICT,
+    cycle        INTEGER NOT NULL CHECK (cycle >= 0),
+    base         INTEGER CHECK (base >= 0 AND base < cycle),
+    state        TEXT NOT NULL CHECK (state IN ('receiving', 'applied')),
+    started_unix INTEGER NOT NULL CHECK (started_unix >= 0),
+    progress     TEXT NOT NULL CHECK (json_valid(progress)),
+    FOREIGN KEY (vfs, base) REFERENCES snapshot (vfs, id) ON UPDATE RESTRICT ON DELETE RESTRICT
+) STRICT;
+
+CREATE TABLE source_cycle (
+    vfs          TEXT PRIMARY KEY NOT NULL
+                 REFERENCES vfs (name) ON UPDATE RESTRICT ON DELETE RESTRICT,
+    last_acked   INTEGER CHECK (last_acked >= 0),
+    clone        TEXT NOT NULL CHECK (json_valid(clone)),
+    initial_done INTEGER NOT NULL CHECK (initial_done IN (0, 1)),
+    updated_unix INTEGER NOT NULL CHECK (updated_unix >= 0)
+) STRICT;
 ";
 
 /// The schema version of the database.

@@ -5,6 +5,7 @@
 
 mod opening;
 mod records;
+mod snapshots;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,310 @@
+//! The synchronous core of a replication cycle, on both sides, through the `Images` seam:
+//!
+//! - active site: [`take_point`] (pre-flush, group freeze, clone every image, thaw), then
+//!   [`delta`] (what changed since the previous point) and [`Pieces`] (the changed bytes, read
+//!   from the new clones in bounded chunks);
+//! - DR site: [`Applier`] writes pieces into the working replicas, checks bounds and digests,
+//!   fsyncs, and turns them into a group-consistent snapshot (a reflink of each replica).
+//!
+//! The network (wire frames, compression, bandwidth) sits around this core, so the whole cycle is
+//! unit-tested against `FakeImages` without sockets or root.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    extents::{self, Change, ChangeKind},
+    fsops::{FsError, Images},
+    wire::VolumeDigest,
+};
+
+/// Blocks are compared and shipped at this granularity.
+pub const BLOCK: u64 = 4096;
+/// Largest piece of data read or sent at once.
+pub const PIECE: u64 = 1 << 20;
+
+/// One volume of a VFS at the active site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceVolume {
+    pub name: String,
+    /// The image file (loop backing file).
+    pub image: PathBuf,
+    /// Where its file system is mounted (frozen during the clone).
+    pub mount: PathBuf,
+}
+
+/// A group-consistent point in time: one clone per volume, same order as the volumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Point {
+    pub cycle: u64,
+    pub clones: Vec<PathBuf>,
+    /// How long writes were blocked (freeze, clones, thaw).
+    pub freeze_window: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("volume {volume}: {what}")]
+    Volume { volume: String, what: String },
+    #[error("cycle {cycle}: {what}")]
+    Protocol { cycle: u64, what: String },
+}
+
+/// Where the clones of `cycle` live: `<dir>/<cycle>/<volume>.img`.
+pub fn clone_path(dir: &Path, cycle: u64, volume: &str) -> PathBuf {
+    dir.join(cycle.to_string()).join(format!("{volume}.img"))
+}
+
+/// Pre-flushes every volume, freezes them all together, clones each image, thaws. On any error
+/// the file systems are thawed and the clones made so far removed.
+pub fn take_point(
+    images: &mut dyn Images,
+    volumes: &[SourceVolume],
+    cycle: u64,
+    dir: &Path,
+) -> Result<Point, CycleError> {
+    for v in volumes {
+        images.flush(&v.mount, &v.image)?;
+    }
+    let mounts: Vec<PathBuf> = volumes.iter().map(|v| v.mount.clone()).collect();
+    let start = Instant::now();
+    images.freeze_all(&mounts)?;
+    let mut clones = Vec::new();
+    let mut result = Ok(());
+    for v in volumes {
+        let dst = clone_path(dir, cycle, &v.name);
+        match images.clone_file(&v.image, &dst) {
+            Ok(()) => clones.push(dst),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let thawed = images.thaw_all(&mounts);
+    let freeze_window = start.elapsed();
+    if let Err(e) = result.and(thawed) {
+        for c in &clones {
+            let _ = images.remove(c);
+        }
+        return Err(e.into());
+    }
+    Ok(Point { cycle, clones, freeze_window })
+}
+
+/// Removes the clones of a point (after the DR site acknowledged the next one).
+pub fn drop_point(images: &mut dyn Images, point: &Point) -> Result<(), CycleError> {
+    for c in &point.clones {
+        images.remove(c)?;
+    }
+    Ok(())
+}
+
+/// Per volume, the byte ranges that differ between `prev` and `next` (everything allocated
+/// when there is no previous point: the initial sync).
+pub fn delta(images: &mut dyn Images, prev: Option<&Point>, next: &Point) -> Result<Vec<Vec<Change>>, CycleError> {
+    let mut out = Vec::new();
+    for (i, clone) in next.clones.iter().enumerate() {
+        let size = images.size(clone)?;
+        let changes = match prev.and_then(|p| p.clones.get(i)) {
+            Some(prev_clone) => {
+                let before = images.extents(prev_clone)?;
+                let after = images.extents(clone)?;
+                extents::changed(&before, &after, size, BLOCK)
+            }
+            None => extents::all_data(&images.data_ranges(clone)?, size, BLOCK),
+        };
+        out.push(changes);
+    }
+    Ok(out)
+}
+
+/// A unit of shipped change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Data { volume: usize, offset: u64, data: Vec<u8> },
+    Zero { volume: usize, offset: u64, len: u64 },
+}
+
+/// The pieces of a delta, data read from the clones of `point`, at most [`PIECE`] bytes each.
+pub struct Pieces<'a> {
+    images: &'a mut dyn Images,
+    point: &'a Point,
+    delta: &'a [Vec<Change>],
+    volume: usize,
+    change: usize,
+    offset: u64,
+}
+
+impl<'a> Pieces<'a> {
+    pub fn new(images: &'a mut dyn Images, point: &'a Point, delta: &'a [Vec<Change>]) -> Self {
+        Pieces { images, point, delta, volume: 0, change: 0, offset: 0 }
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = Result<Piece, CycleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let changes = self.delta.get(self.volume)?;
+            let Some(c) = changes.get(self.change) else {
+                self.volume += 1;
+                self.change = 0;
+                self.offset = 0;
+                continue;
+            };
+            let start = c.offset.max(self.offset);
+            if start >= c.end() {
+                self.change += 1;
+                continue;
+            }
+            if c.kind == ChangeKind::Zero {
+                self.change += 1;
+                return Some(Ok(Piece::Zero { volume: self.volume, offset: c.offset, len: c.len }));
+            }
+            let len = (c.end() - start).min(PIECE);
+            self.offset = start + len;
+            let mut data = vec![0u8; len as usize];
+            let clone = &self.point.clones[self.volume];
+            return Some(
+                self.images
+                    .read_at(clone, start, &mut data)
+                    .map(|()| Piece::Data { volume: self.volume, offset: start, data })
+                    .map_err(Into::into),
+            );
+        }
+    }
+}
+
+/// One replica volume at the DR site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaVolume {
+    pub name: String,
+    /// The working replica image that pieces are written into.
+    pub image: PathBuf,
+    /// The volume's size; pieces beyond it are refused.
+    pub size: u64,
+}
+
+/// Applies one cycle's pieces at the DR site.
+pub struct Applier {
+    volumes: Vec<ReplicaVolume>,
+    cycle: u64,
+    digests: Vec<VolumeDigest>,
+    pub applied_bytes: u64,
+}
+
+impl Applier {
+    pub fn cycle(&self) -> u64 {
+        self.cycle
+    }
+    pub fn volumes(&self) -> &[ReplicaVolume] {
+        &self.volumes
+    }
+}
+
+impl Applier {
+    /// Starts applying `cycle`; creates missing replica images (sparse, of the volume's size).
+    pub fn begin(images: &mut dyn Images, volumes: Vec<ReplicaVolume>, cycle: u64) -> Result<Self, CycleError> {
+        for v in &volumes {
+            if !images.exists(&v.image) {
+                images.create_sparse(&v.image, v.size)?;
+            } else if images.size(&v.image)? != v.size {
+                return Err(CycleError::Volume {
+                    volume: v.name.clone(),
+                    what: format!(
+                        "replica {} has {} bytes, the volume {}; resize is not supported",
+                        v.image.display(),
+                        images.size(&v.image)?,
+                        v.size
+                    ),
+                });
+            }
+        }
+        let digests = vec![VolumeDigest::new(); volumes.len()];
+        Ok(Applier { volumes, cycle, digests, applied_bytes: 0 })
+    }
+
+    /// Writes one piece, refusing anything outside its volume.
+    pub fn apply(&mut self, images: &mut dyn Images, piece: &Piece) -> Result<(), CycleError> {
+        let (volume, offset, len) = match piece {
+            Piece::Data { volume, offset, data } => (*volume, *offset, data.len() as u64),
+            Piece::Zero { volume, offset, len } => (*volume, *offset, *len),
+        };
+        let Some(v) = self.volumes.get(volume) else {
+            return Err(CycleError::Protocol {
+                cycle: self.cycle,
+                what: format!("piece for volume #{volume}, the cycle has {}", self.volumes.len()),
+            });
+        };
+        if offset.checked_add(len).is_none_or(|end| end > v.size) {
+            return Err(CycleError::Volume {
+                volume: v.name.clone(),
+                what: format!("piece at {offset}+{len} lies outside the volume's {} bytes", v.size),
+            });
+        }
+        match piece {
+            Piece::Data { data, .. } => {
+                images.write_at(&v.image, offset, data)?;
+                self.digests[volume].data(offset, data);
+            }
+            Piece::Zero { .. } => {
+                images.punch(&v.image, offset, len)?;
+                self.digests[volume].zero(offset, len);
+            }
+        }
+        self.applied_bytes += len;
+        Ok(())
+    }
+
+    /// Checks what arrived for a volume against the sender's count and digest.
+    pub fn check_digest(&self, volume: usize, blocks: u64, digest: &[u8; 32]) -> Result<(), CycleError> {
+        let got = self.digests.get(volume).cloned().map(VolumeDigest::finish);
+        if got != Some((blocks, *digest)) {
+            let name = self.volumes.get(volume).map_or("?", |v| v.name.as_str());
+            return Err(CycleError::Volume {
+                volume: name.to_owned(),
+                what: format!("cycle {}: digest of the received data does not match the sender's", self.cycle),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fsyncs every replica and reflinks each into `<snapshot_dir>/<volume>.img`; returns the
+    /// snapshot images.
+    pub fn commit(self, images: &mut dyn Images, snapshot_dir: &Path) -> Result<Vec<PathBuf>, CycleError> {
+        for v in &self.volumes {
+            images.fsync(&v.image)?;
+        }
+        let mut made: Vec<PathBuf> = Vec::new();
+        for v in &self.volumes {
+            let dst = snapshot_dir.join(format!("{}.img", v.name));
+            if let Err(e) = images.clone_file(&v.image, &dst) {
+                for m in &made {
+                    let _ = images.remove(m);
+                }
+                return Err(e.into());
+            }
+            made.push(dst);
+        }
+        Ok(made)
+    }
+}
+
+/// Restores the working replicas from the last committed snapshot (after an interrupted
+/// cycle): each replica becomes a reflink of its snapshot image again.
+pub fn restore(images: &mut dyn Images, volumes: &[ReplicaVolume], snapshot: &[PathBuf]) -> Result<(), CycleError> {
+    for (v, snap) in volumes.iter().zip(snapshot) {
+        let tmp = v.image.with_extension("restore");
+        images.remove(&tmp)?;
+        images.clone_file(snap, &tmp)?;
+        images.rename(&tmp, &v.image)?;
+    }
+    Ok(())
+}

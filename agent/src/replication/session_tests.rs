@@ -1,0 +1,115 @@
+//! Cycles over an in-memory connection, from fake active volumes into a DR sink with a real
+//! (temporary) state store.
+use std::path::{Path, PathBuf};
+
+use super::{
+    codec::Codec,
+    cycle::{Pieces, Point, SourceVolume, delta, take_point},
+    fake_fs::FakeImages,
+    session::{SessionError, receive, send},
+    sink::{Sink, replica_volumes},
+    wire::{Begin, VolumeInfo},
+};
+use crate::{
+    config::test_vfs,
+    state::{Role, Store},
+};
+
+const MIB: u64 = 1 << 20;
+
+struct World {
+    src: FakeImages,
+    dst: FakeImages,
+    vols: Vec<SourceVolume>,
+    dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut def = test_vfs("fs1", "site-b", "/srv/vfsdr/mnt/fs1/data");
+    def.volumes[0].size_bytes = 16 * MIB;
+    store.put_definition(&def, Role::Standby, 1, "site-a").unwrap();
+    let src = FakeImages::new();
+    let vols = vec![SourceVolume {
+        name: "data".into(),
+        image: "/a/pool/volumes/fs1/data.img".into(),
+        mount: "/srv/vfsdr/mnt/fs1/data".into(),
+    }];
+    src.add_volume(&vols[0].mount, &vols[0].image, 16 * MIB);
+    World { src, dst: FakeImages::new(), vols, dir }
+}
+
+impl World {
+    fn sink(&self) -> Sink {
+        Sink { store: Store::open(self.dir.path()).unwrap(), images: Box::new(self.dst.clone()), pool: "/b/pool".into() }
+    }
+
+    fn begin(&self, cycle: u64, base: Option<u64>) -> Begin {
+        Begin {
+            vfs: "fs1".into(),
+            cycle,
+            epoch: 1,
+            base,
+            volumes: vec![VolumeInfo { name: "data".into(), size: 16 * MIB }],
+        }
+    }
+
+    async fn cycle(&mut self, from: &str, prev: Option<&Point>, point: &Point, base: Option<u64>) -> (Result<u64, SessionError>, Result<u64, SessionError>) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let d = delta(&mut self.src, prev, point).unwrap();
+        let begin = self.begin(point.cycle, base);
+        let mut src = self.src.clone();
+        let pieces: Vec<_> = Pieces::new(&mut src, point, &d).collect();
+        let sink = self.sink();
+        let from = from.to_owned();
+        let (sent, got) = tokio::join!(
+            send(a, &begin, pieces.into_iter(), Codec::Zstd, None),
+            async move { receive(b, &from, sink).await }
+        );
+        (sent.map(|s| s.snapshot), got.map(|s| s.id))
+    }
+}
+
+#[tokio::test]
+async fn cycles_arrive_as_snapshots_equal_to_the_clones() {
+    let mut w = world();
+    let img = w.vols[0].image.clone();
+    w.src.write_user(&img, 0, &vec![3u8; 2 * MIB as usize]).unwrap();
+    let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    let (sent, got) = w.cycle("site-a", None, &p1, None).await;
+    assert_eq!((sent.unwrap(), got.unwrap()), (1, 1));
+    let snap = PathBuf::from("/b/pool/snapshots/fs1/1/data.img");
+    assert_eq!(w.dst.content(&snap), w.src.content(&p1.clones[0]));
+
+    w.src.write_user(&img, 5 * MIB, b"later").unwrap();
+    let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    let (sent, _) = w.cycle("site-a", Some(&p1), &p2, Some(1)).await;
+    assert_eq!(sent.unwrap(), 2);
+    let snap2 = PathBuf::from("/b/pool/snapshots/fs1/2/data.img");
+    assert_eq!(w.dst.content(&snap2), w.src.content(&p2.clones[0]));
+    let store = Store::open(w.dir.path()).unwrap();
+    assert_eq!(store.snapshots("fs1").unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_cycle_from_a_site_that_does_not_own_the_vfs_is_refused_and_changes_nothing() {
+    let mut w = world();
+    let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    let (sent, got) = w.cycle("site-x", None, &p1, None).await;
+    let e = sent.unwrap_err().to_string();
+    assert!(e.contains("site site-x does not own it"), "{e}");
+    assert!(got.is_err());
+    assert!(w.dst.files().is_empty(), "nothing written: {:?}", w.dst.files());
+}
+
+#[tokio::test]
+async fn a_delta_on_a_snapshot_this_site_does_not_have_is_refused() {
+    let mut w = world();
+    let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    let (sent, _) = w.cycle("site-a", None, &p1, Some(7)).await;
+    let e = sent.unwrap_err().to_string();
+    assert!(e.contains("delta on snapshot 7"), "{e}");
+    let replica = replica_volumes(Path::new("/b/pool"), &test_vfs("fs1", "site-b", "/m"));
+    assert!(!w.dst.files().contains(&replica[0].image));
+}

@@ -1,0 +1,148 @@
+//! The DR site's side of a cycle: checks that the sender owns the VFS and that the cycle fits
+//! what this site holds, undoes an interrupted cycle, applies the pieces into the working
+//! replicas, and commits a group-consistent snapshot in the catalog. Synchronous: it runs on a
+//! thread of its own, fed by the data connection.
+use std::path::{Path, PathBuf};
+
+use super::{
+    cycle::{Applier, CycleError, Piece, ReplicaVolume, restore},
+    fsops::Images,
+    wire::Begin,
+};
+use crate::{
+    config::VfsDef,
+    state::{Role, SnapshotImage, Store, Snapshot, StateError},
+};
+
+/// Where a VFS's snapshots live in a pool: `<pool>/snapshots/<vfs>/<id>/`.
+pub fn snapshot_dir(pool: &Path, vfs: &str, id: u64) -> PathBuf {
+    pool.join("snapshots").join(vfs).join(id.to_string())
+}
+
+/// The working replicas of a VFS, in the order of its definition.
+pub fn replica_volumes(pool: &Path, def: &VfsDef) -> Vec<ReplicaVolume> {
+    def.volumes
+        .iter()
+        .map(|v| ReplicaVolume {
+            name: v.name.clone(),
+            image: crate::resources::replica_image(pool, &def.name, &v.name),
+            size: v.size_bytes,
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("VFS {vfs}: {what}")]
+    Refused { vfs: String, what: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    #[error(transparent)]
+    Fs(#[from] super::fsops::FsError),
+}
+
+pub struct Sink {
+    pub store: Store,
+    pub images: Box<dyn Images>,
+    pub pool: PathBuf,
+}
+
+/// A cycle being received.
+pub struct Receiving {
+    pub begin: Begin,
+    applier: Applier,
+    pub changed_bytes: u64,
+}
+
+impl Sink {
+    /// Accepts (or refuses) the cycle `b` from site `from`, undoing an interrupted one first.
+    pub fn begin(&mut self, from: &str, b: &Begin) -> Result<Receiving, SinkError> {
+        let refuse = |what: String| SinkError::Refused { vfs: b.vfs.clone(), what };
+        let Some(stored) = self.store.definition(&b.vfs)? else {
+            return Err(refuse("unknown at this site (its definition was never received)".into()));
+        };
+        if stored.role != Role::Standby {
+            return Err(refuse("is active at this site; it does not take replication".into()));
+        }
+        if stored.from_site != from {
+            return Err(refuse(format!("site {from} does not own it (its definition came from {})", stored.from_site)));
+        }
+        if b.epoch < stored.epoch {
+            return Err(refuse(format!("cycle {} carries epoch {}, this site holds {}", b.cycle, b.epoch, stored.epoch)));
+        }
+        let volumes = replica_volumes(&self.pool, &stored.def);
+        let offered: Vec<(&str, u64)> = b.volumes.iter().map(|v| (v.name.as_str(), v.size)).collect();
+        let expected: Vec<(&str, u64)> = volumes.iter().map(|v| (v.name.as_str(), v.size)).collect();
+        if offered != expected {
+            return Err(refuse(format!("cycle {} has volumes {offered:?}, the definition {expected:?}", b.cycle)));
+        }
+        let latest = self.store.latest_snapshot(&b.vfs)?;
+        if let Some(base) = b.base
+            && latest.as_ref().map(|s| s.id) != Some(base)
+        {
+            return Err(refuse(format!(
+                "cycle {} is a delta on snapshot {base}, this site's latest is {}",
+                b.cycle,
+                latest.as_ref().map_or("none".to_string(), |s| s.id.to_string())
+            )));
+        }
+        if let Some(flight) = self.store.in_flight(&b.vfs)? {
+            // An interrupted cycle: the replicas are somewhere between two states.
+            self.undo(&b.vfs, &volumes, latest.as_ref())?;
+            self.store.abandon_cycle(&b.vfs)?;
+            tracing::warn!(vfs = %b.vfs, event = "cycle_abandoned", cycle = flight.cycle,
+                "an interrupted cycle was undone from the last snapshot");
+        }
+        if b.base.is_none() {
+            // A full copy: start from empty replicas (the snapshots keep the older states).
+            for v in &volumes {
+                self.images.remove(&v.image)?;
+            }
+        }
+        self.store.begin_cycle(&b.vfs, b.cycle, b.base)?;
+        let applier = Applier::begin(self.images.as_mut(), volumes, b.cycle)?;
+        Ok(Receiving { begin: b.clone(), applier, changed_bytes: 0 })
+    }
+
+    /// Brings the replicas back to the last snapshot (or to nothing, before the first).
+    fn undo(&mut self, _vfs: &str, volumes: &[ReplicaVolume], latest: Option<&Snapshot>) -> Result<(), SinkError> {
+        match latest {
+            Some(s) => {
+                let paths: Vec<PathBuf> = s.images.iter().map(|i| i.path.clone()).collect();
+                restore(self.images.as_mut(), volumes, &paths)?;
+            }
+            None => {
+                for v in volumes {
+                    self.images.remove(&v.image)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn apply(&mut self, r: &mut Receiving, piece: &Piece) -> Result<(), SinkError> {
+        r.applier.apply(self.images.as_mut(), piece)?;
+        r.changed_bytes = r.applier.applied_bytes;
+        Ok(())
+    }
+
+    pub fn volume_end(&mut self, r: &Receiving, volume: usize, blocks: u64, digest: &[u8; 32]) -> Result<(), SinkError> {
+        Ok(r.applier.check_digest(volume, blocks, digest)?)
+    }
+
+    /// Fsyncs the replicas, reflinks them into the snapshot and records it.
+    pub fn commit(&mut self, r: Receiving, shipped_bytes: u64) -> Result<Snapshot, SinkError> {
+        let b = r.begin;
+        let dir = snapshot_dir(&self.pool, &b.vfs, b.cycle);
+        let volumes = r.applier.volumes().to_vec();
+        let paths = r.applier.commit(self.images.as_mut(), &dir)?;
+        let mut images = Vec::new();
+        for (v, p) in volumes.iter().zip(paths) {
+            images.push(SnapshotImage { volume: v.name.clone(), size: self.images.size(&p)?, path: p, allocated: 0 });
+        }
+        let snap = self.store.commit_snapshot(&b.vfs, b.cycle, b.epoch, &images, r.changed_bytes, shipped_bytes)?;
+        Ok(snap)
+    }
+}

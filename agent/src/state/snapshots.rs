@@ -1,0 +1,685 @@
+//! The snapshot catalog and the progress of replication cycles.
+//!
+//! At the DR site, a cycle of a VFS goes through [`Store::begin_cycle`] (the cycle is in
+//! flight, `receiving`), [`Store::cycle_progress`] while its data arrives,
+//! [`Store::cycle_applied`] once the replica images hold all of it, and
+//! [`Store::commit_snapshot`], which records the snapshot reflinked from the replica images
+//! and ends the cycle in the same transaction; [`Store::abandon_cycle`] drops it instead. A
+//! snapshot's id is the number of its cycle, so the directory of its images is known before it
+//! is committed. Retention removes a snapshot in two steps, [`Store::mark_pruning`] before its
+//! files are deleted and [`Store::forget_snapshot`] after, so that after a crash in between
+//! the agent finds the snapshots it was deleting and finishes.
+//!
+//! At the active site, [`Store::source_acked`] records the last cycle the DR site committed
+//! and the clones it was taken from, the base of the next delta.
+
+use std::path::PathBuf;
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::definitions::exists;
+use super::{Change, Db, StateError, Store, epoch_to_db, now_unix, time_to_db};
+
+/// One volume's image in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotImage {
+    /// The VFS volume.
+    pub volume: String,
+    /// The reflinked image, `<pool>/snapshots/<vfs>/<id>/<volume>.img`.
+    pub path: PathBuf,
+    /// Its apparent size in bytes.
+    pub size: u64,
+    /// The bytes allocated to it (shared with other snapshots through reflinks).
+    pub allocated: u64,
+}
+
+/// Whether a snapshot is kept or being removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    Committed,
+    /// Retention chose to remove it: its files may be partly deleted.
+    Pruning,
+}
+
+/// A snapshot in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub vfs: String,
+    /// Increases with each snapshot of the VFS; equal to `cycle`.
+    pub id: u64,
+    /// The replication cycle whose data it holds.
+    pub cycle: u64,
+    /// When it was committed (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// The VFS epoch the cycle was replicated under.
+    pub epoch: u64,
+    pub images: Vec<SnapshotImage>,
+    /// The bytes the cycle changed (uncompressed).
+    pub changed_bytes: u64,
+    /// The bytes the cycle sent over the link.
+    pub shipped_bytes: u64,
+    pub state: SnapshotState,
+}
+
+/// Where the cycle in flight is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CycleState {
+    /// Its data is arriving: the replica images are being written.
+    Receiving,
+    /// All its data is in the replica images; only the snapshot remains to be taken.
+    Applied,
+}
+
+/// The cycle in flight for a VFS at the DR site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub cycle: u64,
+    /// The snapshot the delta applies to; `None` for a full (initial) sync.
+    pub base: Option<u64>,
+    pub state: CycleState,
+    /// When it began (seconds since the Unix epoch).
+    pub started_unix: u64,
+    /// What the receiver recorded to resume it ([`Store::cycle_progress`]); `{}` at first.
+    pub progress: Value,
+}
+
+/// A VFS's replication progress at its active site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// The last cycle the DR site committed, `None` before the first.
+    pub last_acked: Option<u64>,
+    /// The clones of the volumes taken at `last_acked` (`null` before the first).
+    pub clones: Value,
+    /// A full sync was acknowledged and none is needed since ([`Store::source_resync`]).
+    pub initial_done: bool,
+    /// When this last changed (seconds since the Unix epoch).
+    pub updated_unix: u64,
+}
+
+const COLUMNS: &str =
+    "vfs, id, cycle, created_unix, epoch, images, changed_bytes, shipped_bytes, state";
+
+/// A row of `snapshot` as stored, before decoding.
+struct SnapshotRow {
+    vfs: String,
+    numbers: [i64; 6], // id, cycle, created_unix, epoch, changed_bytes, shipped_bytes
+    images: String,
+    state: String,
+}
+
+impl SnapshotRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
+        Ok(SnapshotRow {
+            vfs: row.get(0)?,
+            numbers: [
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(6)?,
+                row.get(7)?,
+            ],
+            images: row.get(5)?,
+            state: row.get(8)?,
+        })
+    }
+
+    fn decode(self, db: &Db<'_>) -> Result<Snapshot, StateError> {
+        let vfs = self.vfs.as_str();
+        let [id, cycle, created, epoch, changed, shipped] = self.numbers;
+        let images =
+            serde_json::from_str(&self.images).map_err(|e| db.decode(vfs, "snapshot images", e))?;
+        let state = match self.state.as_str() {
+            "committed" => SnapshotState::Committed,
+            "pruning" => SnapshotState::Pruning,
+            other => return Err(db.decode(vfs, "snapshot state", format_args!("{other:?}"))),
+        };
+        Ok(Snapshot {
+            id: db.u64(vfs, "snapshot id", id)?,
+            cycle: db.u64(vfs, "snapshot cycle", cycle)?,
+            created_unix: db.u64(vfs, "snapshot time", created)?,
+            epoch: db.u64(vfs, "snapshot epoch", epoch)?,
+            images,
+            changed_bytes: db.u64(vfs, "snapshot changed bytes", changed)?,
+            shipped_bytes: db.u64(vfs, "snapshot shipped bytes", shipped)?,
+            state,
+            vfs: self.vfs,
+        })
+    }
+}
+
+/// The snapshots of `vfs` selected and ordered by `tail` (SQL after `WHERE vfs = ?1`, with
+/// `?2` bound to `arg`, if any).
+fn select(
+    db: &Db<'_>,
+    vfs: &str,
+    tail: &str,
+    arg: Option<i64>,
+) -> Result<Vec<Snapshot>, StateError> {
+    let mut stmt = db
+        .conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM snapshot WHERE vfs = ?1 {tail}"
+        ))
+        .map_err(|e| db.fail(e))?;
+    let rows = match arg {
+        Some(arg) => stmt.query_map(params![vfs, arg], SnapshotRow::read),
+        None => stmt.query_map(params![vfs], SnapshotRow::read),
+    }
+    .map_err(|e| db.fail(e))?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| db.fail(e))?;
+    rows.into_iter().map(|row| row.decode(db)).collect()
+}
+
+fn one(
+    db: &Db<'_>,
+    vfs: &str,
+    tail: &str,
+    arg: Option<i64>,
+) -> Result<Option<Snapshot>, StateError> {
+    Ok(select(db, vfs, tail, arg)?.pop())
+}
+
+const BY_ID: &str = "AND id = ?2";
+const LATEST_COMMITTED: &str = "AND state = 'committed' ORDER BY id DESC LIMIT 1";
+const HIGHEST: &str = "ORDER BY id DESC LIMIT 1";
+
+/// The cycle in flight for `vfs`.
+fn load_in_flight(db: &Db<'_>, vfs: &str) -> Result<Option<InFlight>, StateError> {
+    let row = db
+        .conn
+        .query_row(
+            "SELECT cycle, base, state, started_unix, progress FROM cycle WHERE vfs = ?1",
+            [vfs],
+            |row| {
+                let numbers: (i64, Option<i64>, i64) = (row.get(0)?, row.get(1)?, row.get(3)?);
+                Ok((numbers, row.get::<_, String>(2)?, row.get::<_, String>(4)?))
+            },
+        )
+        .optional()
+        .map_err(|e| db.fail(e))?;
+    let Some(((cycle, base, started), state, progress)) = row else {
+        return Ok(None);
+    };
+    let state = match state.as_str() {
+        "receiving" => CycleState::Receiving,
+        "applied" => CycleState::Applied,
+        other => return Err(db.decode(vfs, "cycle state", format_args!("{other:?}"))),
+    };
+    Ok(Some(InFlight {
+        cycle: db.u64(vfs, "cycle", cycle)?,
+        base: base.map(|b| db.u64(vfs, "cycle base", b)).transpose()?,
+        state,
+        started_unix: db.u64(vfs, "cycle start time", started)?,
+        progress: serde_json::from_str(&progress)
+            .map_err(|e| db.decode(vfs, "cycle progress", e))?,
+    }))
+}
+
+/// The cycle in flight for `vfs`, which must be `cycle`.
+fn expect_in_flight(db: &Db<'_>, vfs: &str, cycle: u64) -> Result<InFlight, StateError> {
+    match load_in_flight(db, vfs)? {
+        Some(flight) if flight.cycle == cycle => Ok(flight),
+        Some(flight) => Err(StateError::CycleInProgress {
+            vfs: vfs.to_string(),
+            cycle: flight.cycle,
+            offered: cycle,
+        }),
+        None => Err(StateError::NoCycle {
+            vfs: vfs.to_string(),
+            cycle,
+        }),
+    }
+}
+
+fn require_vfs(db: &Db<'_>, vfs: &str) -> Result<(), StateError> {
+    if exists(db, vfs)? {
+        Ok(())
+    } else {
+        Err(StateError::UnknownVfs {
+            vfs: vfs.to_string(),
+        })
+    }
+}
+
+/// SQLite integers are i64: larger numbers cannot be stored.
+fn to_db(vfs: &str, what: &'static str, value: u64) -> Result<i64, StateError> {
+    i64::try_from(value).map_err(|_| StateError::OutOfRange {
+        vfs: vfs.to_string(),
+        what,
+        value,
+    })
+}
+
+fn encode(vfs: &str, what: &'static str, value: &impl Serialize) -> Result<String, StateError> {
+    serde_json::to_string(value).map_err(|source| StateError::EncodeRecord {
+        vfs: vfs.to_string(),
+        what,
+        source,
+    })
+}
+
+impl Store {
+    /// Records cycle `cycle` of `vfs` as in flight (`receiving`), a delta on snapshot `base`
+    /// or, with `None`, a full sync.
+    ///
+    /// The same cycle with the same base again is `Unchanged` (whatever its state: see
+    /// [`Store::in_flight`] to resume it). Refused: another cycle while one is in flight,
+    /// `receiving` or `applied` ([`StateError::CycleInProgress`]: commit or abandon it first);
+    /// a cycle not above every stored snapshot ([`StateError::StaleCycle`]); a base that is not
+    /// the latest committed snapshot, which the replica images hold
+    /// ([`StateError::CycleBase`]); an unknown VFS.
+    pub fn begin_cycle(
+        &mut self,
+        vfs: &str,
+        cycle: u64,
+        base: Option<u64>,
+    ) -> Result<Change, StateError> {
+        let cycle_db = to_db(vfs, "cycle", cycle)?;
+        let base_db = base.map(|b| to_db(vfs, "cycle base", b)).transpose()?;
+        let op = || format!("begin cycle {cycle} of VFS {vfs}");
+        self.write(&op, |db| {
+            require_vfs(db, vfs)?;
+            if let Some(flight) = load_in_flight(db, vfs)? {
+                return if flight.cycle != cycle {
+                    Err(StateError::CycleInProgress {
+                        vfs: vfs.to_string(),
+                        cycle: flight.cycle,
+                        offered: cycle,
+                    })
+                } else if flight.base != base {
+                    Err(StateError::CycleBase {
+                        vfs: vfs.to_string(),
+                        cycle,
+                        base,
+                        expected: flight.base,
+                    })
+                } else {
+                    Ok(Change::Unchanged)
+                };
+            }
+            if let Some(latest) = one(db, vfs, HIGHEST, None)? {
+                if cycle <= latest.id {
+                    return Err(StateError::StaleCycle {
+                        vfs: vfs.to_string(),
+                        cycle,
+                        latest: latest.id,
+                    });
+                }
+            }
+            if base.is_some() {
+                let expected = one(db, vfs, LATEST_COMMITTED, None)?.map(|s| s.id);
+                if base != expected {
+                    return Err(StateError::CycleBase {
+                        vfs: vfs.to_string(),
+                        cycle,
+                        base,
+                        expected,
+                    });
+                }
+            }
+            db.conn
+                .execute(
+                    "INSERT INTO cycle (vfs, cycle, base, state, started_unix, progress)
+                     VALUES (?1, ?2, ?3, 'receiving', ?4, '{}')",
+                    params![vfs, cycle_db, base_db, time_to_db(now_unix())],
+                )
+                .map_err(|e| db.fail(e))?;
+            Ok(Change::Created)
+        })
+    }
+
+    /// Replaces the resume information of cycle `cycle` of `vfs`, which must be in flight
+    /// ([`StateError::NoCycle`], [`StateError::CycleInProgress`]); the same value again is
+    /// `Unchanged`.
+    pub fn cycle_progress(
+        &mut self,
+        vfs: &str,
+        cycle: u64,
+        progress: &Value,
+    ) -> Result<Change, StateError> {
+        let json = encode(vfs, "cycle progress", progress)?;
+        let op = || format!("record the progress of cycle {cycle} of VFS {vfs}");
+        self.write(&op, |db| {
+            expect_in_flight(db, vfs, cycle)?;
+            let changed = db
+                .conn
+                .execute(
+                    "UPDATE cycle SET progress = ?2 WHERE vfs = ?1 AND progress IS NOT ?2",
+                    params![vfs, json],
+                )
+                .map_err(|e| db.fail(e))?;
+            Ok(if changed > 0 {
+                Change::Updated
+            } else {
+                Change::Unchanged
+            })
+        })
+    }
+
+    /// Marks cycle `cycle` of `vfs` `applied`: all its data is in the replica images, so it
+    /// can no longer be received again, only committed (or abandoned and the replica restored
+    /// from the latest snapshot). Again is `Unchanged`.
+    pub fn cycle_applied(&mut self, vfs: &str, cycle: u64) -> Result<Change, StateError> {
+        let op = || format!("mark cycle {cycle} of VFS {vfs} applied");
+        self.write(&op, |db| {
+            if expect_in_flight(db, vfs, cycle)?.state == CycleState::Applied {
+                return Ok(Change::Unchanged);
+            }
+            db.conn
+                .execute("UPDATE cycle SET state = 'applied' WHERE vfs = ?1", [vfs])
+                .map_err(|e| db.fail(e))?;
+            Ok(Change::Updated)
+        })
+    }
+
+    /// The cycle in flight for `vfs`, if any.
+    pub fn in_flight(&self, vfs: &str) -> Result<Option<InFlight>, StateError> {
+        let op = || format!("read the cycle in flight of VFS {vfs}");
+        load_in_flight(&self.read(&op), vfs)
+    }
+
+    /// Records snapshot `cycle` of `vfs` (committed now) and ends the cycle, in one
+    /// transaction: a failure leaves the cycle in flight and no snapshot.
+    ///
+    /// The cycle must be in flight ([`StateError::NoCycle`], [`StateError::CycleInProgress`]),
+    /// except that a cycle already committed returns the stored snapshot, so a repeated commit
+    /// is harmless. An `epoch` below the stored epoch of the VFS is [`StateError::StaleEpoch`].
+    pub fn commit_snapshot(
+        &mut self,
+        vfs: &str,
+        cycle: u64,
+        epoch: u64,
+        images: &[SnapshotImage],
+        changed_bytes: u64,
+        shipped_bytes: u64,
+    ) -> Result<Snapshot, StateError> {
+        let numbers = [
+            to_db(vfs, "cycle", cycle)?,
+            epoch_to_db(vfs, epoch)?,
+            to_db(vfs, "changed bytes", changed_bytes)?,
+            to_db(vfs, "shipped bytes", shipped_bytes)?,
+        ];
+        let json = encode(vfs, "snapshot images", &images)?;
+        let op = || format!("commit snapshot {cycle} of VFS {vfs}");
+        self.write(&op, |db| {
+            if let Some(done) = one(db, vfs, BY_ID, Some(numbers[0]))? {
+                return Ok(done);
+            }
+            expect_in_flight(db, vfs, cycle)?;
+            let stored: i64 = db
+                .conn
+                .query_row("SELECT epoch FROM vfs WHERE name = ?1", [vfs], |row| {
+                    row.get(0)
+                })
+                .map_err(|e| db.fail(e))?;
+            let stored = db.u64(vfs, "epoch", stored)?;
+            if epoch < stored {
+                return Err(StateError::StaleEpoch {
+                    vfs: vfs.to_string(),
+                    stored,
+                    offered: epoch,
+                });
+            }
+            let created_unix = now_unix();
+            let [id, epoch_db, changed, shipped] = numbers;
+            db.conn
+                .execute(
+                    &format!(
+                        "INSERT INTO snapshot ({COLUMNS})
+                         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, 'committed')"
+                    ),
+                    params![
+                        vfs,
+                        id,
+                        time_to_db(created_unix),
+                        epoch_db,
+                        json,
+                        changed,
+                        shipped
+                    ],
+                )
+                .map_err(|e| db.fail(e))?;
+            db.conn
+                .execute("DELETE FROM cycle WHERE vfs = ?1", [vfs])
+                .map_err(|e| db.fail(e))?;
+            Ok(Snapshot {
+                vfs: vfs.to_string(),
+                id: cycle,
+                cycle,
+                created_unix,
+                epoch,
+                images: images.to_vec(),
+                changed_bytes,
+                shipped_bytes,
+                state: SnapshotState::Committed,
+            })
+        })
+    }
+
+    /// Drops the cycle in flight for `vfs`: `Updated` if there was one, `Unchanged` if not.
+    /// The caller cleans up what it wrote (an `applied` cycle changed the replica images).
+    pub fn abandon_cycle(&mut self, vfs: &str) -> Result<Change, StateError> {
+        let op = || format!("abandon the cycle in flight of VFS {vfs}");
+        self.write(&op, |db| {
+            let removed = db
+                .conn
+                .execute("DELETE FROM cycle WHERE vfs = ?1", [vfs])
+                .map_err(|e| db.fail(e))?;
+            Ok(if removed > 0 {
+                Change::Updated
+            } else {
+                Change::Unchanged
+            })
+        })
+    }
+
+    /// The snapshots of `vfs` by id, those being pruned included (none for an unknown VFS).
+    pub fn snapshots(&self, vfs: &str) -> Result<Vec<Snapshot>, StateError> {
+        let op = || format!("read the snapshots of VFS {vfs}");
+        select(&self.read(&op), vfs, "ORDER BY id", None)
+    }
+
+    /// The latest committed snapshot of `vfs`: what its replica images hold.
+    pub fn latest_snapshot(&self, vfs: &str) -> Result<Option<Snapshot>, StateError> {
+        let op = || format!("read the latest snapshot of VFS {vfs}");
+        one(&self.read(&op), vfs, LATEST_COMMITTED, None)
+    }
+
+    /// Snapshot `id` of `vfs`, if stored.
+    pub fn snapshot(&self, vfs: &str, id: u64) -> Result<Option<Snapshot>, StateError> {
+        let Ok(id_db) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let op = || format!("read snapshot {id} of VFS {vfs}");
+        one(&self.read(&op), vfs, BY_ID, Some(id_db))
+    }
+
+    /// Marks snapshots of `vfs` `pruning` before their files are deleted, all or none
+    /// ([`StateError::UnknownSnapshot`]; [`StateError::SnapshotInUse`] for the base of the
+    /// cycle in flight). Marking one again does nothing.
+    pub fn mark_pruning(&mut self, vfs: &str, ids: &[u64]) -> Result<(), StateError> {
+        let op = || format!("mark snapshots of VFS {vfs} for pruning");
+        self.write(&op, |db| {
+            let base = load_in_flight(db, vfs)?.and_then(|f| f.base.map(|b| (f.cycle, b)));
+            for &id in ids {
+                let unknown = || StateError::UnknownSnapshot {
+                    vfs: vfs.to_string(),
+                    id,
+                };
+                let id_db = i64::try_from(id).map_err(|_| unknown())?;
+                if let Some((cycle, _)) = base.filter(|&(_, b)| b == id) {
+                    return Err(StateError::SnapshotInUse {
+                        vfs: vfs.to_string(),
+                        id,
+                        cycle,
+                    });
+                }
+                let found = db
+                    .conn
+                    .execute(
+                        "UPDATE snapshot SET state = 'pruning' WHERE vfs = ?1 AND id = ?2",
+                        params![vfs, id_db],
+                    )
+                    .map_err(|e| db.fail(e))?;
+                if found == 0 {
+                    return Err(unknown());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes snapshot `id` of `vfs` from the catalog once its files are deleted: `Updated`
+    /// if it was stored, `Unchanged` if not. It must be marked first
+    /// ([`StateError::NotPruning`]).
+    pub fn forget_snapshot(&mut self, vfs: &str, id: u64) -> Result<Change, StateError> {
+        let Ok(id_db) = i64::try_from(id) else {
+            return Ok(Change::Unchanged);
+        };
+        let op = || format!("forget snapshot {id} of VFS {vfs}");
+        self.write(&op, |db| match one(db, vfs, BY_ID, Some(id_db))? {
+            None => Ok(Change::Unchanged),
+            Some(s) if s.state != SnapshotState::Pruning => Err(StateError::NotPruning {
+                vfs: vfs.to_string(),
+                id,
+            }),
+            Some(_) => {
+                db.conn
+                    .execute(
+                        "DELETE FROM snapshot WHERE vfs = ?1 AND id = ?2",
+                        params![vfs, id_db],
+                    )
+                    .map_err(|e| db.fail(e))?;
+                Ok(Change::Updated)
+            }
+        })
+    }
+
+    /// Active site: the DR site committed cycle `cycle` of `vfs`, taken from the volume clones
+    /// `clones`, the base of the next delta; this also ends a needed full sync (the first
+    /// cycle, and the first after [`Store::source_resync`], is one). The same cycle and clones
+    /// again are `Unchanged`; an older cycle, or the same with other clones, is
+    /// [`StateError::StaleCycle`].
+    pub fn source_acked(
+        &mut self,
+        vfs: &str,
+        cycle: u64,
+        clones: &Value,
+    ) -> Result<Change, StateError> {
+        let cycle_db = to_db(vfs, "cycle", cycle)?;
+        let json = encode(vfs, "clones", clones)?;
+        let op = || format!("record cycle {cycle} of VFS {vfs} as acknowledged");
+        self.write(&op, |db| {
+            require_vfs(db, vfs)?;
+            let change = match load_source(db, vfs)? {
+                None => Change::Created,
+                Some(s) => match s.last_acked {
+                    Some(last) if last == cycle && s.clones == *clones => {
+                        return Ok(Change::Unchanged);
+                    }
+                    Some(last) if last >= cycle => {
+                        return Err(StateError::StaleCycle {
+                            vfs: vfs.to_string(),
+                            cycle,
+                            latest: last,
+                        });
+                    }
+                    _ => Change::Updated,
+                },
+            };
+            db.conn
+                .execute(
+                    "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
+                     VALUES (?1, ?2, ?3, 1, ?4)
+                     ON CONFLICT (vfs) DO UPDATE SET last_acked = excluded.last_acked,
+                         clone = excluded.clone, initial_done = 1,
+                         updated_unix = excluded.updated_unix",
+                    params![vfs, cycle_db, json, time_to_db(now_unix())],
+                )
+                .map_err(|e| db.fail(e))?;
+            Ok(change)
+        })
+    }
+
+    /// Active site: `vfs` needs a full sync (its changes since the last acknowledged cycle are
+    /// lost). Already needed is `Unchanged`.
+    pub fn source_resync(&mut self, vfs: &str) -> Result<Change, StateError> {
+        let op = || format!("record that VFS {vfs} needs a full sync");
+        self.write(&op, |db| {
+            require_vfs(db, vfs)?;
+            let change = match load_source(db, vfs)? {
+                None => Change::Created,
+                Some(s) if !s.initial_done => return Ok(Change::Unchanged),
+                Some(_) => Change::Updated,
+            };
+            db.conn
+                .execute(
+                    "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
+                     VALUES (?1, NULL, 'null', 0, ?2)
+                     ON CONFLICT (vfs) DO UPDATE SET initial_done = 0,
+                         updated_unix = excluded.updated_unix",
+                    params![vfs, time_to_db(now_unix())],
+                )
+                .map_err(|e| db.fail(e))?;
+            Ok(change)
+        })
+    }
+
+    /// Active site: the replication progress of `vfs`; `None` before anything was recorded
+    /// (a full sync is needed).
+    pub fn source_state(&self, vfs: &str) -> Result<Option<SourceState>, StateError> {
+        let op = || format!("read the replication progress of VFS {vfs}");
+        load_source(&self.read(&op), vfs)
+    }
+
+    /// Active site: forgets the replication progress of `vfs` (after deleting its clones), so
+    /// its definition can be removed: `Updated` if there was any, `Unchanged` if not.
+    pub fn forget_source(&mut self, vfs: &str) -> Result<Change, StateError> {
+        let op = || format!("forget the replication progress of VFS {vfs}");
+        self.write(&op, |db| {
+            let removed = db
+                .conn
+                .execute("DELETE FROM source_cycle WHERE vfs = ?1", [vfs])
+                .map_err(|e| db.fail(e))?;
+            Ok(if removed > 0 {
+                Change::Updated
+            } else {
+                Change::Unchanged
+            })
+        })
+    }
+}
+
+fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError> {
+    let row = db
+        .conn
+        .query_row(
+            "SELECT last_acked, clone, initial_done, updated_unix FROM source_cycle
+             WHERE vfs = ?1",
+            [vfs],
+            |row| {
+                let acked: Option<i64> = row.get(0)?;
+                let clone: String = row.get(1)?;
+                Ok((acked, clone, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
+            },
+        )
+        .optional()
+        .map_err(|e| db.fail(e))?;
+    let Some((acked, clone, initial_done, updated)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(SourceState {
+        last_acked: acked
+            .map(|c| db.u64(vfs, "acknowledged cycle", c))
+            .transpose()?,
+        clones: serde_json::from_str(&clone).map_err(|e| db.decode(vfs, "clones", e))?,
+        initial_done: initial_done != 0,
+        updated_unix: db.u64(vfs, "progress time", updated)?,
+    }))
+}
