@@ -42,6 +42,8 @@ pub enum Request {
     Release { vfs: String },
     /// The VFSs this site knows, with their roles and reservations.
     ListVfs,
+    /// Run a replication cycle of `vfs` (active here) now; answered when it is done.
+    Replicate { vfs: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +55,7 @@ pub enum Response {
     Reserved(Outcome),
     Released { vfs: String, steps: Vec<Step> },
     Vfs { vfs: Vec<VfsInfo> },
+    Replicated(crate::daemon::CycleReport),
     Error { message: String },
 }
 
@@ -84,6 +87,9 @@ pub struct StatusReport {
     /// Health of each peer site, by name (empty without a peer link).
     #[serde(default)]
     pub peers: std::collections::BTreeMap<String, crate::peer::PeerHealth>,
+    /// The last replication cycle of each VFS active here.
+    #[serde(default)]
+    pub replication: Vec<crate::daemon::CycleReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,8 +145,13 @@ pub fn encode<T: Serialize>(body: T) -> String {
     s
 }
 
-/// Sends one request to the agent and returns its response.
+/// Sends one request to the agent and returns its response (waiting up to 30 s).
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
+    call_within(socket, request, Duration::from_secs(30))
+}
+
+/// Like [`call`], waiting up to `timeout` for the answer.
+pub fn call_within(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ApiError> {
     let io = |source| ApiError::Io {
         socket: socket.to_owned(),
         source,
@@ -149,7 +160,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
         socket: socket.to_owned(),
         source,
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.write_all(encode(request).as_bytes()).map_err(io)?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).map_err(io)?;

@@ -90,6 +90,17 @@ enum Command {
         #[command(flatten)]
         target: AgentTarget,
     },
+    /// Replicate VFS (active at this site) to its DR site now, and wait for the snapshot.
+    Replicate {
+        vfs: String,
+        /// Run a cycle now (the interval runs them otherwise).
+        #[arg(long, required = true)]
+        now: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
     /// List the VFSs this site knows: role, epoch, reservations.
     Vfs {
         #[arg(long)]
@@ -226,6 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Release { vfs, json, target } => vfs::release(&target.socket()?, vfs, json),
         Command::Vfs { json, target } => vfs::list(&target.socket()?, json),
+        Command::Replicate { vfs, now: _, json, target } => vfs::replicate(&target.socket()?, vfs, json),
         Command::Cert(CertCommand::Ca { dir, name }) => {
             let files = crate::cert::create_ca(&dir, &name)?;
             println!("CA certificate {}\nCA key {}", files.cert.display(), files.key.display());

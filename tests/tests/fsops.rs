@@ -45,7 +45,10 @@ fn snapshot(
         }
     }
     let mounts: Vec<PathBuf> = volumes.iter().map(|v| v.mount_point().to_owned()).collect();
-    let clones: Vec<PathBuf> = volumes.iter().map(|v| v.image().with_extension(tag)).collect();
+    let clones: Vec<PathBuf> = volumes
+        .iter()
+        .map(|v| v.image().with_extension(tag))
+        .collect();
     let start = Instant::now();
     let freeze = fs.freeze_all(&mounts)?;
     let cloned: Result<(), FsError> = volumes
@@ -83,7 +86,12 @@ fn apply(fs: &mut SystemImages, changes: &[Change], from: &Path, to: &Path) -> a
 /// The number of 4 KiB blocks that differ between two files of the same size.
 fn differing_blocks(a: &Path, b: &Path) -> anyhow::Result<u64> {
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    ensure!(fa.metadata()?.len() == fb.metadata()?.len(), "{} and {} differ in size", a.display(), b.display());
+    ensure!(
+        fa.metadata()?.len() == fb.metadata()?.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
     let (mut ba, mut bb) = (vec![0u8; 256 * BLOCK], vec![0u8; 256 * BLOCK]);
     let mut n_diff = 0;
     loop {
@@ -92,7 +100,11 @@ fn differing_blocks(a: &Path, b: &Path) -> anyhow::Result<u64> {
         if n == 0 {
             return Ok(n_diff);
         }
-        n_diff += ba[..n].chunks(BLOCK).zip(bb[..n].chunks(BLOCK)).filter(|(x, y)| x != y).count() as u64;
+        n_diff += ba[..n]
+            .chunks(BLOCK)
+            .zip(bb[..n].chunks(BLOCK))
+            .filter(|(x, y)| x != y)
+            .count() as u64;
     }
 }
 
@@ -125,20 +137,36 @@ fn extent_changes_reproduce_the_next_clone() -> anyhow::Result<()> {
     let m = vol.mount_point().display().to_string();
     let mut fs = SystemImages::new();
 
-    sh(&format!("dd if=/dev/urandom of='{m}/seed' bs=1M count=24 status=none; sync"))?;
+    sh(&format!(
+        "dd if=/dev/urandom of='{m}/seed' bs=1M count=24 status=none; sync"
+    ))?;
     let (mut prev, _, _) = snapshot(&mut fs, &[&vol], "c0", true)?;
     let phases: [(&str, Vec<String>); 2] = [
-        ("writes", vec![
-            format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
-            format!("dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"),
-            format!("dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"),
-            format!("dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"),
-            format!("mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"),
-        ]),
-        ("deletes and fstrim", vec![
-            format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
-            format!("sync; fstrim '{m}'"),
-        ]),
+        (
+            "writes",
+            vec![
+                format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
+                format!(
+                    "dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"
+                ),
+                format!(
+                    "dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"
+                ),
+                format!(
+                    "dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"
+                ),
+                format!(
+                    "mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"
+                ),
+            ],
+        ),
+        (
+            "deletes and fstrim",
+            vec![
+                format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
+                format!("sync; fstrim '{m}'"),
+            ],
+        ),
     ];
     for (i, (phase, steps)) in phases.iter().enumerate() {
         for step in steps {
@@ -171,7 +199,10 @@ fn extent_changes_reproduce_the_next_clone() -> anyhow::Result<()> {
                 mib(zero),
                 mib(differ),
             );
-            ensure!(left == 0, "{phase}: the replica differs from the clone in {left} blocks");
+            ensure!(
+                left == 0,
+                "{phase}: the replica differs from the clone in {left} blocks"
+            );
             ensure!(
                 data + zero < 4 * differ + MIB,
                 "{phase}: {} bytes of changes for {differ} bytes that differ",
@@ -196,13 +227,13 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Writes 1 MiB chunks round and round a 256 MiB file on `mount` (buffered, in place) until
-/// `stop`; returns the bytes written.
-fn load(mount: &Path, stop: &AtomicBool) -> anyhow::Result<u64> {
+/// Writes 1 MiB chunks round and round a 256 MiB file on `mount` (buffered, in place), at
+/// `rate` MiB/s or as fast as it can, until `stop`; returns the bytes written.
+fn load(mount: &Path, rate: Option<u64>, stop: &AtomicBool) -> anyhow::Result<u64> {
     let path = mount.join("load");
     let mut f = File::create(&path).with_context(|| format!("create {}", path.display()))?;
     let mut chunk: Vec<u8> = (0..MIB as usize).map(|i| (i * 7 + 1) as u8).collect();
-    let mut written = 0u64;
+    let (start, mut written) = (Instant::now(), 0u64);
     while !stop.load(Ordering::Relaxed) {
         if written % (256 * MIB) == 0 {
             f.seek(SeekFrom::Start(0))?;
@@ -210,6 +241,10 @@ fn load(mount: &Path, stop: &AtomicBool) -> anyhow::Result<u64> {
         chunk[0] = chunk[0].wrapping_add(1);
         f.write_all(&chunk)?;
         written += MIB;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64((written / MIB) as f64 / rate as f64);
+            thread::sleep(due.saturating_sub(start.elapsed()));
+        }
     }
     Ok(written)
 }
@@ -218,46 +253,69 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p).div_ceil(100).max(1) - 1]
 }
 
-/// The write-blocked window of a group freeze of 3 volumes under a write load (freeze_all, three
-/// clones, thaw_all), with and without the pre-flush, over 10 runs each. Printed, not asserted.
-#[test]
-#[ignore = "root: builds lab loop devices, XFS mounts and freezes them"]
-fn group_freeze_window_of_three_volumes() -> anyhow::Result<()> {
-    require_root()?;
-    let lab = Lab::new("fsops-window")?;
-    let site = lab.add_site("site-a")?;
-    let vols: Vec<Volume> = ["v1", "v2", "v3"]
-        .iter()
-        .map(|n| site.pool().create_volume(n, 1024 * MIB))
-        .collect::<anyhow::Result<_>>()?;
-    let refs: Vec<&Volume> = vols.iter().collect();
-    let mut fs = SystemImages::new();
+/// Runs 10 cycles (every `interval`) with and without the pre-flush while `rate` MiB/s (0: none;
+/// `None`: as fast as it can) are written to each volume, and prints the windows.
+fn measure_windows(
+    fs: &mut SystemImages,
+    volumes: &[&Volume],
+    rate: Option<u64>,
+    interval: Duration,
+) -> anyhow::Result<()> {
     let stop = AtomicBool::new(false);
+    let load_name = match rate {
+        Some(0) => "idle".to_owned(),
+        Some(r) => format!("{r} MiB/s written per volume"),
+        None => "unthrottled writers".to_owned(),
+    };
+    let loaded = if rate == Some(0) { &[][..] } else { volumes };
     thread::scope(|s| -> anyhow::Result<()> {
-        let writers: Vec<_> = vols.iter().map(|v| s.spawn(|| load(v.mount_point(), &stop))).collect();
+        let writers: Vec<_> = loaded
+            .iter()
+            .map(|v| s.spawn(|| load(v.mount_point(), rate, &stop)))
+            .collect();
         let result = (|| -> anyhow::Result<()> {
             let _stop = StopOnDrop(&stop);
-            for preflush in [true, false] {
-                let (mut windows, mut freezes, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
-                for run in 0..10 {
-                    thread::sleep(Duration::from_secs(1));
+            // Warm-up, not counted: the load files are written once over and a cycle runs.
+            thread::sleep(match rate {
+                Some(r) if r > 0 => Duration::from_secs(256u64.div_ceil(r)),
+                _ => Duration::from_millis(500),
+            });
+            let mut cycle =
+                |tag: &str, preflush| -> anyhow::Result<(Duration, Duration, Duration)> {
+                    thread::sleep(interval);
                     let t = Instant::now();
-                    let (clones, window, freeze) =
-                        snapshot(&mut fs, &refs, &format!("w{run}"), preflush)?;
-                    flushes.push(t.elapsed() - window);
-                    windows.push(window);
-                    freezes.push(freeze);
+                    let (clones, window, freeze) = snapshot(fs, volumes, tag, preflush)?;
+                    let flush = t.elapsed() - window;
                     for c in clones {
                         fs.remove(&c)?;
                     }
+                    Ok((window, freeze, flush))
+                };
+            cycle("warm", true)?;
+            // The two modes alternate, so both see the same load.
+            let mut runs: [Vec<(Duration, Duration, Duration)>; 2] = Default::default();
+            for run in 0..10 {
+                for (mode, preflush) in [true, false].into_iter().enumerate() {
+                    runs[mode].push(cycle(&format!("w{run}"), preflush)?);
                 }
+            }
+            for (preflush, runs) in [true, false].into_iter().zip(runs) {
+                let mut windows: Vec<Duration> = runs.iter().map(|r| r.0).collect();
+                let mut freezes: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+                let mut flushes: Vec<Duration> = runs.iter().map(|r| r.2).collect();
                 for v in [&mut windows, &mut freezes, &mut flushes] {
                     v.sort();
                 }
                 eprintln!(
-                    "group freeze of 3 volumes under load, {}: window p50 {:.1?}, p99 {:.1?} \
-                     (min {:.1?}); freeze calls p50 {:.1?}, p99 {:.1?}; before it (pre-flush) p50 {:.1?}",
-                    if preflush { "with pre-flush" } else { "without pre-flush" },
+                    "group freeze of {} volumes, {load_name}, every {interval:?}, {}: window p50 \
+                     {:.1?}, p99 {:.1?} (min {:.1?}); freeze calls p50 {:.1?}, p99 {:.1?}; pre-flush \
+                     p50 {:.1?}",
+                    volumes.len(),
+                    if preflush {
+                        "with pre-flush"
+                    } else {
+                        "without pre-flush"
+                    },
                     percentile(&windows, 50),
                     percentile(&windows, 99),
                     windows[0],
@@ -270,11 +328,33 @@ fn group_freeze_window_of_three_volumes() -> anyhow::Result<()> {
         })();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
-            let written = w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))??;
-            eprintln!("writer: {:.0} MiB", mib(written));
+            let written = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+            eprintln!("  writer: {:.0} MiB", mib(written));
         }
         result
-    })?;
+    })
+}
+
+/// The write-blocked window of a group freeze of 3 volumes (freeze_all, three clones,
+/// thaw_all), with and without the pre-flush, 10 runs each: idle, under a steady write load, and
+/// under writers as fast as they can. Printed, not asserted.
+#[test]
+#[ignore = "root: builds lab loop devices, XFS mounts and freezes them"]
+fn group_freeze_window_of_three_volumes() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("fsops-window")?;
+    let site = lab.add_site("site-a")?;
+    let vols: Vec<Volume> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|n| site.pool().create_volume(n, 1024 * MIB))
+        .collect::<anyhow::Result<_>>()?;
+    let refs: Vec<&Volume> = vols.iter().collect();
+    let mut fs = SystemImages::new();
+    measure_windows(&mut fs, &refs, Some(0), Duration::from_millis(200))?;
+    measure_windows(&mut fs, &refs, Some(64), Duration::from_secs(2))?;
+    measure_windows(&mut fs, &refs, None, Duration::from_secs(1))?;
     Ok(())
 }
 
@@ -286,14 +366,23 @@ fn a_failed_group_freeze_leaves_nothing_frozen() -> anyhow::Result<()> {
     require_root()?;
     let lab = Lab::new("fsops-errors")?;
     let site = lab.add_site("site-a")?;
-    let (a, b) = (site.pool().create_volume("a", 320 * MIB)?, site.pool().create_volume("b", 320 * MIB)?);
+    let (a, b) = (
+        site.pool().create_volume("a", 320 * MIB)?,
+        site.pool().create_volume("b", 320 * MIB)?,
+    );
     let (ma, mb) = (a.mount_point().to_owned(), b.mount_point().to_owned());
     let mut fs = SystemImages::new();
 
     // `a` twice: one of its freezes fails with EBUSY; the other and `b` are thawed again.
-    let err = fs.freeze_all(&[ma.clone(), mb.clone(), ma.clone()]).unwrap_err();
+    let err = fs
+        .freeze_all(&[ma.clone(), mb.clone(), ma.clone()])
+        .unwrap_err();
     ensure!(err.raw_os_error() == Some(libc::EBUSY), "{err}");
-    ensure!(err.to_string().starts_with(&format!("FIFREEZE {}: ", ma.display())), "{err}");
+    ensure!(
+        err.to_string()
+            .starts_with(&format!("FIFREEZE {}: ", ma.display())),
+        "{err}"
+    );
     // Nothing is frozen: freezing both works (and thawing twice is fine).
     fs.freeze_all(&[ma.clone(), mb.clone()])?;
     fs.thaw_all(&[ma.clone(), mb.clone()])?;
@@ -301,7 +390,11 @@ fn a_failed_group_freeze_leaves_nothing_frozen() -> anyhow::Result<()> {
 
     let missing = site.dir().join("no-such-mount");
     let err = fs.freeze_all(&[ma.clone(), missing.clone()]).unwrap_err();
-    ensure!(err.to_string().starts_with(&format!("open {}: ", missing.display())), "{err}");
+    ensure!(
+        err.to_string()
+            .starts_with(&format!("open {}: ", missing.display())),
+        "{err}"
+    );
     std::fs::write(ma.join("still-writable"), b"yes")?;
 
     let clone = a.image().with_extension("c");

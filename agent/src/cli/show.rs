@@ -80,6 +80,22 @@ pub fn status(r: &StatusReport) -> String {
             );
         }
     }
+    if !r.replication.is_empty() {
+        let _ = writeln!(o, "\n{:<12} {:>8} {:>10} {:>12} {:>12} {:>10}  CONSISTENT POINT (unix s)", "VFS", "CYCLE", "SNAPSHOT", "CHANGED", "WIRE", "FREEZE");
+        for c in &r.replication {
+            let _ = writeln!(
+                o,
+                "{:<12} {:>8} {:>10} {:>12} {:>12} {:>8.1}ms  {}",
+                c.vfs,
+                c.cycle,
+                c.snapshot,
+                bytes(c.changed_bytes as f64),
+                bytes(c.wire_bytes as f64),
+                c.freeze_window_ms,
+                c.point_unix_s
+            );
+        }
+    }
     let p = &r.tracking.probes;
     let _ = writeln!(
         o,

@@ -137,6 +137,32 @@ pub fn release(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Res
     }
 }
 
+pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Result<ExitCode> {
+    let wait = std::time::Duration::from_secs(24 * 3600);
+    match api::call_within(socket, &Request::Replicate { vfs }, wait)? {
+        Response::Replicated(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} cycle {} committed as snapshot {} at the DR site: {} changed, {} zeroed, {} on the wire, write freeze {:.1} ms, {:.2} s",
+                    if r.full { "full" } else { "incremental" },
+                    r.cycle,
+                    r.snapshot,
+                    super::show::bytes(r.changed_bytes as f64),
+                    super::show::bytes(r.zeroed_bytes as f64),
+                    super::show::bytes(r.wire_bytes as f64),
+                    r.freeze_window_ms,
+                    r.duration_ms as f64 / 1000.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
 pub fn list(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     match api::call(socket, &Request::ListVfs)? {
         Response::Vfs { vfs } => {

@@ -72,6 +72,8 @@ pub enum Handled {
         peer: String,
         message: crate::peer::Message,
     },
+    /// Run a replication cycle of this VFS, active here.
+    Cycle(crate::config::VfsDef),
 }
 
 /// What a reload changed.
@@ -289,6 +291,7 @@ impl Agent {
                 .collect(),
             tracking: self.tracker.status(self.config.tracking.top_writers),
             peers: Default::default(),
+            replication: Vec::new(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the kernel on a timer and on wakeups. SIGTERM/SIGINT detach everything and exit; SIGHUP
 //! reloads the configuration or keeps the old one and says why.
 mod agent;
+mod replicate;
 #[cfg(test)]
 mod tests;
 mod vfs;
@@ -17,6 +18,7 @@ use std::{
 };
 
 pub use agent::{Agent, AgentError, Handled, Kernel, ReloadSummary};
+pub use replicate::{CycleReport, volume_image};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
@@ -35,7 +37,7 @@ use tokio::task::JoinSet;
 use crate::{
     api::{self, Request, Response},
     config,
-    peer::{self, Message, PeerClient, PeerContext, PeerRequest, PeerStatus},
+    peer::{self, DataConn, Message, PeerClient, PeerContext, PeerRequest, PeerStatus},
     resources::{RtnlLinks, SystemMounts},
     state::Store,
     tracking::EbpfProbes,
@@ -88,7 +90,11 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    async fn start(config: &config::Config, requests: mpsc::Sender<PeerRequest>) -> Result<Option<PeerLink>, DaemonError> {
+    async fn start(
+        config: &config::Config,
+        requests: mpsc::Sender<PeerRequest>,
+        data: mpsc::Sender<DataConn>,
+    ) -> Result<Option<PeerLink>, DaemonError> {
         let Some(ctx) = PeerContext::from_config(config)? else {
             return Ok(None);
         };
@@ -96,7 +102,7 @@ impl PeerLink {
         let mut tasks = JoinSet::new();
         if let Some(listen) = config.site.listen {
             let listener = peer::bind(listen).await?;
-            tasks.spawn(peer::serve(listener, ctx.clone(), requests));
+            tasks.spawn(peer::serve_with_data(listener, ctx.clone(), requests, data));
         }
         let status = PeerStatus::new(config.peers.iter().map(|p| p.name.as_str()));
         let heartbeats = peer::spawn_heartbeats(&ctx, &status)?;
@@ -133,7 +139,11 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let socket = agent.config().api_socket();
     let listener = bind(&socket)?;
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerRequest>(64);
-    let mut link = PeerLink::start(agent.config(), peer_tx).await?;
+    let (data_tx, mut data_rx) = mpsc::channel::<DataConn>(4);
+    let mut link = PeerLink::start(agent.config(), peer_tx, data_tx).await?;
+    let mut cycles = Cycles::default();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CycleDone>();
+    let mut cycle_tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(
         site = %site,
         event = "agent_started",
@@ -189,11 +199,20 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                     if let Some(l) = &link {
                         report.peers = l.status.snapshot();
                     }
+                    report.replication = cycles.last.values().cloned().collect();
                     let _ = reply.send(Response::Status(report));
                 }
                 Handled::Now(response) => { let _ = reply.send(response); }
                 Handled::Forward { peer, message } => forward(link.as_ref(), &peer, message, reply),
+                Handled::Cycle(def) => cycles.start(&agent, link.as_ref(), def, Some(reply), &done_tx),
             },
+            Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config()),
+            _ = cycle_tick.tick(), if link.is_some() => {
+                for def in cycles.due(agent.config()) {
+                    cycles.start(&agent, link.as_ref(), def, None, &done_tx);
+                }
+            }
+            Some(done) = done_rx.recv() => cycles.finish(&site, done),
             Some(request) = peer_rx.recv() => {
                 let answer = agent.handle_peer(&request.from, request.message.clone());
                 request.respond(answer);
@@ -301,6 +320,107 @@ fn forward(link: Option<&PeerLink>, peer: &str, message: Message, reply: oneshot
         };
         let _ = reply.send(response);
     });
+}
+
+/// How long after start the first scheduled cycle of a VFS runs, at most.
+const FIRST_CYCLE_DELAY: Duration = Duration::from_secs(60);
+
+/// A finished cycle, back from its thread.
+struct CycleDone {
+    vfs: String,
+    result: Result<CycleReport, String>,
+    reply: Option<oneshot::Sender<Response>>,
+}
+
+/// The active site's cycles: which run, when each VFS is due, the last outcome of each.
+#[derive(Default)]
+struct Cycles {
+    running: std::collections::HashSet<String>,
+    next_due: HashMap<String, Instant>,
+    last: std::collections::BTreeMap<String, CycleReport>,
+}
+
+impl Cycles {
+    /// The local VFSs whose interval has passed.
+    fn due(&mut self, config: &config::Config) -> Vec<crate::config::VfsDef> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for def in &config.vfs {
+            // The first cycle after start waits a little for the peer link and the DR site's
+            // copy of the definition (`vfsdr replicate --now` does not wait).
+            let first = Duration::from_secs(def.replication.interval_s).min(FIRST_CYCLE_DELAY);
+            let due = *self.next_due.entry(def.name.clone()).or_insert(now + first);
+            if due <= now && !self.running.contains(&def.name) {
+                out.push(def.clone());
+            }
+        }
+        out
+    }
+
+    fn start(
+        &mut self,
+        agent: &Agent,
+        link: Option<&PeerLink>,
+        def: crate::config::VfsDef,
+        reply: Option<oneshot::Sender<Response>>,
+        done: &mpsc::UnboundedSender<CycleDone>,
+    ) {
+        let refusal = if self.running.contains(&def.name) {
+            Some(format!("a cycle of {} is already running", def.name))
+        } else if link.is_none() {
+            Some(format!("VFS {}: this site has no peer link (site.tls, peers)", def.name))
+        } else if agent.config().resources.pool.is_none() {
+            Some(format!("VFS {}: this site has no pool (resources.pool)", def.name))
+        } else {
+            None
+        };
+        let (Some(link), Some(pool), None) =
+            (link, agent.config().resources.pool.as_ref().map(|p| p.path.clone()), refusal.clone())
+        else {
+            if let Some(r) = reply {
+                let _ = r.send(Response::Error { message: refusal.unwrap_or_default() });
+            }
+            return;
+        };
+        let interval = Duration::from_secs(def.replication.interval_s);
+        self.next_due.insert(def.name.clone(), Instant::now() + interval);
+        self.running.insert(def.name.clone());
+        let job = replicate::CycleJob { def, pool, state_dir: agent.config().state_dir.clone(), ctx: link.ctx.clone() };
+        let vfs = job.def.name.clone();
+        let done = done.clone();
+        let spawned = std::thread::Builder::new().name(format!("cycle-{vfs}")).spawn({
+            let vfs = vfs.clone();
+            move || {
+                let result = replicate::run_cycle(job).map_err(|e| e.to_string());
+                let _ = done.send(CycleDone { vfs, result, reply });
+            }
+        });
+        if let Err(e) = spawned {
+            self.running.remove(&vfs);
+            tracing::error!(vfs = %vfs, event = "cycle_failed", error = %e, "cannot start the cycle thread");
+        }
+    }
+
+    fn finish(&mut self, site: &str, done: CycleDone) {
+        self.running.remove(&done.vfs);
+        let response = match done.result {
+            Ok(r) => {
+                tracing::info!(site = %site, vfs = %r.vfs, event = "cycle_done", cycle = r.cycle, snapshot = r.snapshot,
+                    full = r.full, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
+                    freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms, "replication cycle committed at the DR site");
+                self.last.insert(r.vfs.clone(), r.clone());
+                Response::Replicated(r)
+            }
+            Err(message) => {
+                tracing::error!(site = %site, vfs = %done.vfs, event = "cycle_failed", error = %message,
+                    "replication cycle failed; the DR site keeps its last snapshot");
+                Response::Error { message }
+            }
+        };
+        if let Some(r) = done.reply {
+            let _ = r.send(response);
+        }
+    }
 }
 
 fn poll_interval(agent: &Agent) -> Duration {

@@ -75,6 +75,14 @@ impl Agent {
                 (vfs, m)
             }
             Request::Release { vfs } => (vfs.clone(), Message::Release { vfs }),
+            Request::Replicate { vfs } => {
+                return match self.local_definition(&vfs) {
+                    Some(def) => Handled::Cycle(def.clone()),
+                    None => Handled::Now(Response::Error {
+                        message: format!("VFS {vfs} is not active at site {}; replication runs at its active site", self.site_name()),
+                    }),
+                };
+            }
             other => {
                 return Handled::Now(Response::Error {
                     message: format!("not a VFS request: {other:?}"),

@@ -206,7 +206,13 @@ pub fn all_data(ranges: &[(u64, u64)], size: u64, block: u64) -> Vec<Change> {
     let raw: Vec<(u64, u64, ChangeKind)> = ranges
         .iter()
         .filter(|&&(offset, len)| len > 0 && offset < size)
-        .map(|&(offset, len)| (offset, offset.saturating_add(len).min(size), ChangeKind::Data))
+        .map(|&(offset, len)| {
+            (
+                offset,
+                offset.saturating_add(len).min(size),
+                ChangeKind::Data,
+            )
+        })
         .collect();
     align(&raw, &[], size, block)
 }
@@ -231,7 +237,7 @@ fn align(
     let block = block.max(1);
     let down = |x: u64| x - x % block;
     let up = |x: u64| {
-        if x % block == 0 {
+        if x.is_multiple_of(block) {
             x.min(size)
         } else {
             down(x).saturating_add(block).min(size)

@@ -17,21 +17,22 @@
 //!
 //! `FakeImages` is a handle: clones share the same state, so a test can keep one and give another
 //! to the code under test.
+mod disk;
+
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
+use self::disk::{Disk, FakeFile, Slot};
 use super::fsops::{Extent, FsError, Images, flags};
 
 /// The fake's block size (and allocation unit).
 pub const BLOCK: u64 = 4096;
 const B: usize = BLOCK as usize;
-/// Physical block numbers start here, so no physical address is 0.
-const FIRST_PHYSICAL: u64 = 1 << 20;
 
 /// The operations of [`Images`], and user writes, for [`FakeImages::fail_next`] and the call log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,60 +91,6 @@ struct Failure {
     op: Op,
     path: Option<PathBuf>,
     errno: i32,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    physical: u64,
-    unwritten: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-struct FakeFile {
-    size: u64,
-    blocks: BTreeMap<u64, Slot>,
-}
-
-/// The simulated disk: content and reference count of each physical block in use.
-#[derive(Debug, Default)]
-struct Disk {
-    blocks: BTreeMap<u64, (u32, Box<[u8; B]>)>,
-    free: BTreeSet<u64>,
-    next: u64,
-}
-
-impl Disk {
-    fn alloc(&mut self, content: Box<[u8; B]>) -> u64 {
-        let p = self.free.pop_first().unwrap_or_else(|| {
-            self.next += 1;
-            FIRST_PHYSICAL + self.next - 1
-        });
-        self.blocks.insert(p, (1, content));
-        p
-    }
-    fn share(&mut self, p: u64) {
-        if let Some(b) = self.blocks.get_mut(&p) {
-            b.0 += 1;
-        }
-    }
-    fn release(&mut self, p: u64) {
-        if let Some(b) = self.blocks.get_mut(&p) {
-            b.0 -= 1;
-            if b.0 == 0 {
-                self.blocks.remove(&p);
-                self.free.insert(p);
-            }
-        }
-    }
-    fn refs(&self, p: u64) -> u32 {
-        self.blocks.get(&p).map_or(0, |b| b.0)
-    }
-    fn content(&self, s: Slot) -> Box<[u8; B]> {
-        match self.blocks.get(&s.physical) {
-            Some((_, c)) if !s.unwritten => c.clone(),
-            _ => Box::new([0; B]),
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -366,7 +313,11 @@ impl FakeImages {
     /// The mount points frozen now.
     pub fn frozen(&self) -> Vec<PathBuf> {
         let s = self.lock();
-        s.mounts.iter().filter(|(_, (_, f))| *f).map(|(m, _)| m.clone()).collect()
+        s.mounts
+            .iter()
+            .filter(|(_, (_, f))| *f)
+            .map(|(m, _)| m.clone())
+            .collect()
     }
 
     /// The files that exist, sorted.
@@ -408,14 +359,16 @@ impl Images for FakeImages {
         let mut done: Vec<&PathBuf> = Vec::new();
         let mut result = Ok(s.freeze_time);
         for m in mounts {
-            let r = s.begin(Op::Freeze, m).and_then(|()| match s.mounts.get_mut(m) {
-                None => Err(errno("open", m, libc::ENOENT)),
-                Some((_, true)) => Err(errno("FIFREEZE", m, libc::EBUSY)),
-                Some((_, frozen)) => {
-                    *frozen = true;
-                    Ok(())
-                }
-            });
+            let r = s
+                .begin(Op::Freeze, m)
+                .and_then(|()| match s.mounts.get_mut(m) {
+                    None => Err(errno("open", m, libc::ENOENT)),
+                    Some((_, true)) => Err(errno("FIFREEZE", m, libc::EBUSY)),
+                    Some((_, frozen)) => {
+                        *frozen = true;
+                        Ok(())
+                    }
+                });
             match r {
                 Ok(()) => done.push(m),
                 Err(e) => {
@@ -439,13 +392,15 @@ impl Images for FakeImages {
         let mut s = self.lock();
         let mut result = Ok(());
         for m in mounts {
-            let r = s.begin(Op::Thaw, m).and_then(|()| match s.mounts.get_mut(m) {
-                None => Err(errno("open", m, libc::ENOENT)),
-                Some((_, frozen)) => {
-                    *frozen = false;
-                    Ok(())
-                }
-            });
+            let r = s
+                .begin(Op::Thaw, m)
+                .and_then(|()| match s.mounts.get_mut(m) {
+                    None => Err(errno("open", m, libc::ENOENT)),
+                    Some((_, frozen)) => {
+                        *frozen = false;
+                        Ok(())
+                    }
+                });
             if let Err(e) = r {
                 result = result.and(Err(e));
             }
@@ -527,7 +482,9 @@ impl Images for FakeImages {
     fn size(&mut self, file: &Path) -> Result<u64, FsError> {
         let mut s = self.lock();
         s.begin(Op::Size, file)?;
-        s.file(file).map(|f| f.size).map_err(|_| errno("stat", file, libc::ENOENT))
+        s.file(file)
+            .map(|f| f.size)
+            .map_err(|_| errno("stat", file, libc::ENOENT))
     }
 
     fn read_at(&mut self, file: &Path, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
@@ -578,7 +535,11 @@ impl Images for FakeImages {
         let mut s = self.lock();
         s.begin(Op::Fsync, file)?;
         let is_dir = s.files.keys().any(|f| f.parent() == Some(file));
-        if is_dir { Ok(()) } else { s.file(file).map(drop) }
+        if is_dir {
+            Ok(())
+        } else {
+            s.file(file).map(drop)
+        }
     }
 
     fn create_sparse(&mut self, file: &Path, size: u64) -> Result<(), FsError> {

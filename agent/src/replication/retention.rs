@@ -223,8 +223,8 @@ mod tests {
         let mut reversed = snapshots;
         reversed.reverse();
         assert_eq!(keep(&reversed, &grid(&[(10, 30)]), 120), kept);
-        // Rules add up.
-        let kept = keep(&snapshots, &grid(&[(10, 30), (0, 10)]), 120);
+        // Rules add up: every snapshot younger than 11 s adds 6 (age 10).
+        let kept = keep(&snapshots, &grid(&[(10, 30), (0, 11)]), 120);
         assert_eq!(kept, BTreeSet::from([2, 5, 6, 7]));
     }
 

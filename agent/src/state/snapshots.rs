@@ -102,27 +102,26 @@ pub struct SourceState {
 
 const COLUMNS: &str =
     "vfs, id, cycle, created_unix, epoch, images, changed_bytes, shipped_bytes, state";
+/// Tails for [`select`]: one snapshot, the latest committed one, the highest id of any state.
+const BY_ID: &str = "AND id = ?2";
+const LATEST_COMMITTED: &str = "AND state = 'committed' ORDER BY id DESC LIMIT 1";
+const HIGHEST: &str = "ORDER BY id DESC LIMIT 1";
 
 /// A row of `snapshot` as stored, before decoding.
 struct SnapshotRow {
     vfs: String,
-    numbers: [i64; 6], // id, cycle, created_unix, epoch, changed_bytes, shipped_bytes
+    /// id, cycle, created_unix, epoch, changed_bytes, shipped_bytes
+    numbers: [i64; 6],
     images: String,
     state: String,
 }
 
 impl SnapshotRow {
     fn read(row: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
+        let n = |i| row.get::<_, i64>(i);
         Ok(SnapshotRow {
             vfs: row.get(0)?,
-            numbers: [
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(6)?,
-                row.get(7)?,
-            ],
+            numbers: [n(1)?, n(2)?, n(3)?, n(4)?, n(6)?, n(7)?],
             images: row.get(5)?,
             state: row.get(8)?,
         })
@@ -153,21 +152,17 @@ impl SnapshotRow {
 }
 
 /// The snapshots of `vfs` selected and ordered by `tail` (SQL after `WHERE vfs = ?1`, with
-/// `?2` bound to `arg`, if any).
+/// `?2` bound to `id`, if any).
 fn select(
     db: &Db<'_>,
     vfs: &str,
     tail: &str,
-    arg: Option<i64>,
+    id: Option<i64>,
 ) -> Result<Vec<Snapshot>, StateError> {
-    let mut stmt = db
-        .conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM snapshot WHERE vfs = ?1 {tail}"
-        ))
-        .map_err(|e| db.fail(e))?;
-    let rows = match arg {
-        Some(arg) => stmt.query_map(params![vfs, arg], SnapshotRow::read),
+    let sql = format!("SELECT {COLUMNS} FROM snapshot WHERE vfs = ?1 {tail}");
+    let mut stmt = db.conn.prepare_cached(&sql).map_err(|e| db.fail(e))?;
+    let rows = match id {
+        Some(id) => stmt.query_map(params![vfs, id], SnapshotRow::read),
         None => stmt.query_map(params![vfs], SnapshotRow::read),
     }
     .map_err(|e| db.fail(e))?
@@ -176,34 +171,20 @@ fn select(
     rows.into_iter().map(|row| row.decode(db)).collect()
 }
 
-fn one(
-    db: &Db<'_>,
-    vfs: &str,
-    tail: &str,
-    arg: Option<i64>,
-) -> Result<Option<Snapshot>, StateError> {
-    Ok(select(db, vfs, tail, arg)?.pop())
-}
-
-const BY_ID: &str = "AND id = ?2";
-const LATEST_COMMITTED: &str = "AND state = 'committed' ORDER BY id DESC LIMIT 1";
-const HIGHEST: &str = "ORDER BY id DESC LIMIT 1";
-
 /// The cycle in flight for `vfs`.
 fn load_in_flight(db: &Db<'_>, vfs: &str) -> Result<Option<InFlight>, StateError> {
-    let row = db
-        .conn
-        .query_row(
-            "SELECT cycle, base, state, started_unix, progress FROM cycle WHERE vfs = ?1",
-            [vfs],
-            |row| {
-                let numbers: (i64, Option<i64>, i64) = (row.get(0)?, row.get(1)?, row.get(3)?);
-                Ok((numbers, row.get::<_, String>(2)?, row.get::<_, String>(4)?))
-            },
-        )
-        .optional()
-        .map_err(|e| db.fail(e))?;
-    let Some(((cycle, base, started), state, progress)) = row else {
+    let sql = "SELECT cycle, base, state, started_unix, progress FROM cycle WHERE vfs = ?1";
+    let read = |row: &Row<'_>| -> rusqlite::Result<(i64, Option<i64>, String, i64, String)> {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ))
+    };
+    let row = db.conn.query_row(sql, [vfs], read).optional();
+    let Some((cycle, base, state, started, progress)) = row.map_err(|e| db.fail(e))? else {
         return Ok(None);
     };
     let state = match state.as_str() {
@@ -221,9 +202,9 @@ fn load_in_flight(db: &Db<'_>, vfs: &str) -> Result<Option<InFlight>, StateError
     }))
 }
 
-/// The cycle in flight for `vfs`, which must be `cycle`.
-fn expect_in_flight(db: &Db<'_>, vfs: &str, cycle: u64) -> Result<InFlight, StateError> {
-    match load_in_flight(db, vfs)? {
+/// `found`, the cycle in flight for `vfs`, which must be `cycle`.
+fn expect_cycle(vfs: &str, cycle: u64, found: Option<InFlight>) -> Result<InFlight, StateError> {
+    match found {
         Some(flight) if flight.cycle == cycle => Ok(flight),
         Some(flight) => Err(StateError::CycleInProgress {
             vfs: vfs.to_string(),
@@ -237,13 +218,43 @@ fn expect_in_flight(db: &Db<'_>, vfs: &str, cycle: u64) -> Result<InFlight, Stat
     }
 }
 
+fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError> {
+    let sql = "SELECT last_acked, clone, initial_done, updated_unix FROM source_cycle
+               WHERE vfs = ?1";
+    let read = |row: &Row<'_>| -> rusqlite::Result<(Option<i64>, String, i64, i64)> {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    };
+    let row = db.conn.query_row(sql, [vfs], read).optional();
+    let Some((acked, clones, initial_done, updated)) = row.map_err(|e| db.fail(e))? else {
+        return Ok(None);
+    };
+    Ok(Some(SourceState {
+        last_acked: acked.map(|c| db.u64(vfs, "acked cycle", c)).transpose()?,
+        clones: serde_json::from_str(&clones).map_err(|e| db.decode(vfs, "clones", e))?,
+        initial_done: initial_done != 0,
+        updated_unix: db.u64(vfs, "progress time", updated)?,
+    }))
+}
+
 fn require_vfs(db: &Db<'_>, vfs: &str) -> Result<(), StateError> {
-    if exists(db, vfs)? {
-        Ok(())
-    } else {
-        Err(StateError::UnknownVfs {
+    match exists(db, vfs)? {
+        true => Ok(()),
+        false => Err(StateError::UnknownVfs {
             vfs: vfs.to_string(),
-        })
+        }),
+    }
+}
+
+fn exec(db: &Db<'_>, sql: &str, params: impl rusqlite::Params) -> Result<usize, StateError> {
+    db.conn.execute(sql, params).map_err(|e| db.fail(e))
+}
+
+/// `Updated` if a statement changed rows, `Unchanged` if not.
+fn updated_if(rows: usize) -> Change {
+    if rows > 0 {
+        Change::Updated
+    } else {
+        Change::Unchanged
     }
 }
 
@@ -285,25 +296,20 @@ impl Store {
         let op = || format!("begin cycle {cycle} of VFS {vfs}");
         self.write(&op, |db| {
             require_vfs(db, vfs)?;
+            let mismatch = |expected| StateError::CycleBase {
+                vfs: vfs.to_string(),
+                cycle,
+                base,
+                expected,
+            };
             if let Some(flight) = load_in_flight(db, vfs)? {
-                return if flight.cycle != cycle {
-                    Err(StateError::CycleInProgress {
-                        vfs: vfs.to_string(),
-                        cycle: flight.cycle,
-                        offered: cycle,
-                    })
-                } else if flight.base != base {
-                    Err(StateError::CycleBase {
-                        vfs: vfs.to_string(),
-                        cycle,
-                        base,
-                        expected: flight.base,
-                    })
-                } else {
-                    Ok(Change::Unchanged)
+                let flight = expect_cycle(vfs, cycle, Some(flight))?;
+                return match flight.base == base {
+                    true => Ok(Change::Unchanged),
+                    false => Err(mismatch(flight.base)),
                 };
             }
-            if let Some(latest) = one(db, vfs, HIGHEST, None)? {
+            if let Some(latest) = select(db, vfs, HIGHEST, None)?.pop() {
                 if cycle <= latest.id {
                     return Err(StateError::StaleCycle {
                         vfs: vfs.to_string(),
@@ -313,23 +319,17 @@ impl Store {
                 }
             }
             if base.is_some() {
-                let expected = one(db, vfs, LATEST_COMMITTED, None)?.map(|s| s.id);
+                let expected = select(db, vfs, LATEST_COMMITTED, None)?.pop().map(|s| s.id);
                 if base != expected {
-                    return Err(StateError::CycleBase {
-                        vfs: vfs.to_string(),
-                        cycle,
-                        base,
-                        expected,
-                    });
+                    return Err(mismatch(expected));
                 }
             }
-            db.conn
-                .execute(
-                    "INSERT INTO cycle (vfs, cycle, base, state, started_unix, progress)
-                     VALUES (?1, ?2, ?3, 'receiving', ?4, '{}')",
-                    params![vfs, cycle_db, base_db, time_to_db(now_unix())],
-                )
-                .map_err(|e| db.fail(e))?;
+            exec(
+                db,
+                "INSERT INTO cycle (vfs, cycle, base, state, started_unix, progress)
+                 VALUES (?1, ?2, ?3, 'receiving', ?4, '{}')",
+                params![vfs, cycle_db, base_db, time_to_db(now_unix())],
+            )?;
             Ok(Change::Created)
         })
     }
@@ -346,19 +346,9 @@ impl Store {
         let json = encode(vfs, "cycle progress", progress)?;
         let op = || format!("record the progress of cycle {cycle} of VFS {vfs}");
         self.write(&op, |db| {
-            expect_in_flight(db, vfs, cycle)?;
-            let changed = db
-                .conn
-                .execute(
-                    "UPDATE cycle SET progress = ?2 WHERE vfs = ?1 AND progress IS NOT ?2",
-                    params![vfs, json],
-                )
-                .map_err(|e| db.fail(e))?;
-            Ok(if changed > 0 {
-                Change::Updated
-            } else {
-                Change::Unchanged
-            })
+            expect_cycle(vfs, cycle, load_in_flight(db, vfs)?)?;
+            let sql = "UPDATE cycle SET progress = ?2 WHERE vfs = ?1 AND progress IS NOT ?2";
+            Ok(updated_if(exec(db, sql, params![vfs, json])?))
         })
     }
 
@@ -368,13 +358,9 @@ impl Store {
     pub fn cycle_applied(&mut self, vfs: &str, cycle: u64) -> Result<Change, StateError> {
         let op = || format!("mark cycle {cycle} of VFS {vfs} applied");
         self.write(&op, |db| {
-            if expect_in_flight(db, vfs, cycle)?.state == CycleState::Applied {
-                return Ok(Change::Unchanged);
-            }
-            db.conn
-                .execute("UPDATE cycle SET state = 'applied' WHERE vfs = ?1", [vfs])
-                .map_err(|e| db.fail(e))?;
-            Ok(Change::Updated)
+            expect_cycle(vfs, cycle, load_in_flight(db, vfs)?)?;
+            let sql = "UPDATE cycle SET state = 'applied' WHERE vfs = ?1 AND state != 'applied'";
+            Ok(updated_if(exec(db, sql, [vfs])?))
         })
     }
 
@@ -399,24 +385,21 @@ impl Store {
         changed_bytes: u64,
         shipped_bytes: u64,
     ) -> Result<Snapshot, StateError> {
-        let numbers = [
-            to_db(vfs, "cycle", cycle)?,
-            epoch_to_db(vfs, epoch)?,
-            to_db(vfs, "changed bytes", changed_bytes)?,
-            to_db(vfs, "shipped bytes", shipped_bytes)?,
-        ];
+        let id = to_db(vfs, "cycle", cycle)?;
+        let epoch_db = epoch_to_db(vfs, epoch)?;
+        let changed = to_db(vfs, "changed bytes", changed_bytes)?;
+        let shipped = to_db(vfs, "shipped bytes", shipped_bytes)?;
         let json = encode(vfs, "snapshot images", &images)?;
         let op = || format!("commit snapshot {cycle} of VFS {vfs}");
         self.write(&op, |db| {
-            if let Some(done) = one(db, vfs, BY_ID, Some(numbers[0]))? {
+            if let Some(done) = select(db, vfs, BY_ID, Some(id))?.pop() {
                 return Ok(done);
             }
-            expect_in_flight(db, vfs, cycle)?;
+            expect_cycle(vfs, cycle, load_in_flight(db, vfs)?)?;
+            let sql = "SELECT epoch FROM vfs WHERE name = ?1";
             let stored: i64 = db
                 .conn
-                .query_row("SELECT epoch FROM vfs WHERE name = ?1", [vfs], |row| {
-                    row.get(0)
-                })
+                .query_row(sql, [vfs], |row| row.get(0))
                 .map_err(|e| db.fail(e))?;
             let stored = db.u64(vfs, "epoch", stored)?;
             if epoch < stored {
@@ -427,27 +410,16 @@ impl Store {
                 });
             }
             let created_unix = now_unix();
-            let [id, epoch_db, changed, shipped] = numbers;
-            db.conn
-                .execute(
-                    &format!(
-                        "INSERT INTO snapshot ({COLUMNS})
-                         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, 'committed')"
-                    ),
-                    params![
-                        vfs,
-                        id,
-                        time_to_db(created_unix),
-                        epoch_db,
-                        json,
-                        changed,
-                        shipped
-                    ],
-                )
-                .map_err(|e| db.fail(e))?;
-            db.conn
-                .execute("DELETE FROM cycle WHERE vfs = ?1", [vfs])
-                .map_err(|e| db.fail(e))?;
+            let created = time_to_db(created_unix);
+            exec(
+                db,
+                &format!(
+                    "INSERT INTO snapshot ({COLUMNS})
+                     VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, 'committed')"
+                ),
+                params![vfs, id, created, epoch_db, json, changed, shipped],
+            )?;
+            exec(db, "DELETE FROM cycle WHERE vfs = ?1", [vfs])?;
             Ok(Snapshot {
                 vfs: vfs.to_string(),
                 id: cycle,
@@ -467,15 +439,11 @@ impl Store {
     pub fn abandon_cycle(&mut self, vfs: &str) -> Result<Change, StateError> {
         let op = || format!("abandon the cycle in flight of VFS {vfs}");
         self.write(&op, |db| {
-            let removed = db
-                .conn
-                .execute("DELETE FROM cycle WHERE vfs = ?1", [vfs])
-                .map_err(|e| db.fail(e))?;
-            Ok(if removed > 0 {
-                Change::Updated
-            } else {
-                Change::Unchanged
-            })
+            Ok(updated_if(exec(
+                db,
+                "DELETE FROM cycle WHERE vfs = ?1",
+                [vfs],
+            )?))
         })
     }
 
@@ -488,7 +456,7 @@ impl Store {
     /// The latest committed snapshot of `vfs`: what its replica images hold.
     pub fn latest_snapshot(&self, vfs: &str) -> Result<Option<Snapshot>, StateError> {
         let op = || format!("read the latest snapshot of VFS {vfs}");
-        one(&self.read(&op), vfs, LATEST_COMMITTED, None)
+        Ok(select(&self.read(&op), vfs, LATEST_COMMITTED, None)?.pop())
     }
 
     /// Snapshot `id` of `vfs`, if stored.
@@ -497,7 +465,7 @@ impl Store {
             return Ok(None);
         };
         let op = || format!("read snapshot {id} of VFS {vfs}");
-        one(&self.read(&op), vfs, BY_ID, Some(id_db))
+        Ok(select(&self.read(&op), vfs, BY_ID, Some(id_db))?.pop())
     }
 
     /// Marks snapshots of `vfs` `pruning` before their files are deleted, all or none
@@ -506,29 +474,25 @@ impl Store {
     pub fn mark_pruning(&mut self, vfs: &str, ids: &[u64]) -> Result<(), StateError> {
         let op = || format!("mark snapshots of VFS {vfs} for pruning");
         self.write(&op, |db| {
-            let base = load_in_flight(db, vfs)?.and_then(|f| f.base.map(|b| (f.cycle, b)));
+            let flight = load_in_flight(db, vfs)?;
             for &id in ids {
-                let unknown = || StateError::UnknownSnapshot {
-                    vfs: vfs.to_string(),
-                    id,
-                };
-                let id_db = i64::try_from(id).map_err(|_| unknown())?;
-                if let Some((cycle, _)) = base.filter(|&(_, b)| b == id) {
+                if let Some(flight) = flight.as_ref().filter(|f| f.base == Some(id)) {
                     return Err(StateError::SnapshotInUse {
                         vfs: vfs.to_string(),
                         id,
-                        cycle,
+                        cycle: flight.cycle,
                     });
                 }
-                let found = db
-                    .conn
-                    .execute(
-                        "UPDATE snapshot SET state = 'pruning' WHERE vfs = ?1 AND id = ?2",
-                        params![vfs, id_db],
-                    )
-                    .map_err(|e| db.fail(e))?;
+                let sql = "UPDATE snapshot SET state = 'pruning' WHERE vfs = ?1 AND id = ?2";
+                let found = match i64::try_from(id) {
+                    Ok(id_db) => exec(db, sql, params![vfs, id_db])?,
+                    Err(_) => 0,
+                };
                 if found == 0 {
-                    return Err(unknown());
+                    return Err(StateError::UnknownSnapshot {
+                        vfs: vfs.to_string(),
+                        id,
+                    });
                 }
             }
             Ok(())
@@ -543,20 +507,15 @@ impl Store {
             return Ok(Change::Unchanged);
         };
         let op = || format!("forget snapshot {id} of VFS {vfs}");
-        self.write(&op, |db| match one(db, vfs, BY_ID, Some(id_db))? {
+        self.write(&op, |db| match select(db, vfs, BY_ID, Some(id_db))?.pop() {
             None => Ok(Change::Unchanged),
             Some(s) if s.state != SnapshotState::Pruning => Err(StateError::NotPruning {
                 vfs: vfs.to_string(),
                 id,
             }),
             Some(_) => {
-                db.conn
-                    .execute(
-                        "DELETE FROM snapshot WHERE vfs = ?1 AND id = ?2",
-                        params![vfs, id_db],
-                    )
-                    .map_err(|e| db.fail(e))?;
-                Ok(Change::Updated)
+                let sql = "DELETE FROM snapshot WHERE vfs = ?1 AND id = ?2";
+                Ok(updated_if(exec(db, sql, params![vfs, id_db])?))
             }
         })
     }
@@ -577,38 +536,38 @@ impl Store {
         let op = || format!("record cycle {cycle} of VFS {vfs} as acknowledged");
         self.write(&op, |db| {
             require_vfs(db, vfs)?;
-            let change = match load_source(db, vfs)? {
-                None => Change::Created,
-                Some(s) => match s.last_acked {
-                    Some(last) if last == cycle && s.clones == *clones => {
-                        return Ok(Change::Unchanged);
-                    }
-                    Some(last) if last >= cycle => {
-                        return Err(StateError::StaleCycle {
-                            vfs: vfs.to_string(),
-                            cycle,
-                            latest: last,
-                        });
-                    }
-                    _ => Change::Updated,
-                },
-            };
-            db.conn
-                .execute(
-                    "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
-                     VALUES (?1, ?2, ?3, 1, ?4)
-                     ON CONFLICT (vfs) DO UPDATE SET last_acked = excluded.last_acked,
-                         clone = excluded.clone, initial_done = 1,
-                         updated_unix = excluded.updated_unix",
-                    params![vfs, cycle_db, json, time_to_db(now_unix())],
-                )
-                .map_err(|e| db.fail(e))?;
-            Ok(change)
+            let stored = load_source(db, vfs)?;
+            match stored
+                .as_ref()
+                .and_then(|s| s.last_acked.map(|l| (l, &s.clones)))
+            {
+                Some((last, stored)) if last == cycle && stored == clones => {
+                    return Ok(Change::Unchanged);
+                }
+                Some((last, _)) if last >= cycle => {
+                    return Err(StateError::StaleCycle {
+                        vfs: vfs.to_string(),
+                        cycle,
+                        latest: last,
+                    });
+                }
+                _ => {}
+            }
+            exec(
+                db,
+                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
+                 VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (vfs) DO UPDATE SET last_acked = excluded.last_acked,
+                     clone = excluded.clone, initial_done = 1,
+                     updated_unix = excluded.updated_unix",
+                params![vfs, cycle_db, json, time_to_db(now_unix())],
+            )?;
+            Ok(stored.map_or(Change::Created, |_| Change::Updated))
         })
     }
 
     /// Active site: `vfs` needs a full sync (its changes since the last acknowledged cycle are
-    /// lost). Already needed is `Unchanged`.
+    /// lost); the last acknowledged cycle stays on record. Already needed is `Unchanged`.
     pub fn source_resync(&mut self, vfs: &str) -> Result<Change, StateError> {
         let op = || format!("record that VFS {vfs} needs a full sync");
         self.write(&op, |db| {
@@ -618,15 +577,14 @@ impl Store {
                 Some(s) if !s.initial_done => return Ok(Change::Unchanged),
                 Some(_) => Change::Updated,
             };
-            db.conn
-                .execute(
-                    "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
-                     VALUES (?1, NULL, 'null', 0, ?2)
-                     ON CONFLICT (vfs) DO UPDATE SET initial_done = 0,
-                         updated_unix = excluded.updated_unix",
-                    params![vfs, time_to_db(now_unix())],
-                )
-                .map_err(|e| db.fail(e))?;
+            exec(
+                db,
+                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
+                 VALUES (?1, NULL, 'null', 0, ?2)
+                 ON CONFLICT (vfs) DO UPDATE SET initial_done = 0,
+                     updated_unix = excluded.updated_unix",
+                params![vfs, time_to_db(now_unix())],
+            )?;
             Ok(change)
         })
     }
@@ -643,43 +601,8 @@ impl Store {
     pub fn forget_source(&mut self, vfs: &str) -> Result<Change, StateError> {
         let op = || format!("forget the replication progress of VFS {vfs}");
         self.write(&op, |db| {
-            let removed = db
-                .conn
-                .execute("DELETE FROM source_cycle WHERE vfs = ?1", [vfs])
-                .map_err(|e| db.fail(e))?;
-            Ok(if removed > 0 {
-                Change::Updated
-            } else {
-                Change::Unchanged
-            })
+            let sql = "DELETE FROM source_cycle WHERE vfs = ?1";
+            Ok(updated_if(exec(db, sql, [vfs])?))
         })
     }
-}
-
-fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError> {
-    let row = db
-        .conn
-        .query_row(
-            "SELECT last_acked, clone, initial_done, updated_unix FROM source_cycle
-             WHERE vfs = ?1",
-            [vfs],
-            |row| {
-                let acked: Option<i64> = row.get(0)?;
-                let clone: String = row.get(1)?;
-                Ok((acked, clone, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
-            },
-        )
-        .optional()
-        .map_err(|e| db.fail(e))?;
-    let Some((acked, clone, initial_done, updated)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(SourceState {
-        last_acked: acked
-            .map(|c| db.u64(vfs, "acknowledged cycle", c))
-            .transpose()?,
-        clones: serde_json::from_str(&clone).map_err(|e| db.decode(vfs, "clones", e))?,
-        initial_done: initial_done != 0,
-        updated_unix: db.u64(vfs, "progress time", updated)?,
-    }))
 }

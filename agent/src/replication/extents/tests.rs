@@ -122,10 +122,26 @@ fn opaque_extents_are_always_data() {
     ] {
         let normal = [e(0, 100, 4)];
         let opaque = [ef(0, 100, 4, flag)];
-        assert_eq!(diff(&normal, &opaque), [data(0, 4)], "flag {flag:#x} in next");
-        assert_eq!(diff(&opaque, &opaque), [data(0, 4)], "flag {flag:#x} in both");
-        assert_eq!(diff(&opaque, &normal), [data(0, 4)], "flag {flag:#x} in prev");
-        assert_eq!(diff(&opaque, &[]), [zero(0, 4)], "flag {flag:#x}, then a hole");
+        assert_eq!(
+            diff(&normal, &opaque),
+            [data(0, 4)],
+            "flag {flag:#x} in next"
+        );
+        assert_eq!(
+            diff(&opaque, &opaque),
+            [data(0, 4)],
+            "flag {flag:#x} in both"
+        );
+        assert_eq!(
+            diff(&opaque, &normal),
+            [data(0, 4)],
+            "flag {flag:#x} in prev"
+        );
+        assert_eq!(
+            diff(&opaque, &[]),
+            [zero(0, 4)],
+            "flag {flag:#x}, then a hole"
+        );
     }
 }
 
@@ -142,7 +158,10 @@ fn unwritten_extents_read_as_zeros() {
     assert_eq!(diff(&[u(0, 100, 4)], &[]), []);
     // Unwritten converted to written in place, or written elsewhere: data.
     assert_eq!(diff(&[u(0, 100, 4)], &[e(0, 100, 4)]), [data(0, 4)]);
-    assert_eq!(diff(&[u(0, 100, 4)], &[e(0, 100, 1), u(1, 101, 3)]), [data(0, 1)]);
+    assert_eq!(
+        diff(&[u(0, 100, 4)], &[e(0, 100, 1), u(1, 101, 3)]),
+        [data(0, 1)]
+    );
 }
 
 #[test]
@@ -230,7 +249,10 @@ fn a_zero_block_size_counts_as_one_byte() {
 
 #[test]
 fn totals_count_data_and_zero_bytes() {
-    assert_eq!(total(&[data(0, 8), zero(8, 12), data(16, 20)]), (12 * K, 4 * K));
+    assert_eq!(
+        total(&[data(0, 8), zero(8, 12), data(16, 20)]),
+        (12 * K, 4 * K)
+    );
     assert_eq!(total(&[]), (0, 0));
 }
 
@@ -298,13 +320,16 @@ fn workload(rng: &mut Rng, fs: &mut FakeImages, image: &Path, size: u64) -> BTre
         let max = if rng.below(3) == 0 { 40 * K } else { 3 * K };
         let len = (1 + rng.below(max)).min(size - offset);
         match rng.below(10) {
-            0..=5 => fs.write_user(image, offset, &rng.bytes(len as usize)).unwrap(),
+            0..=5 => fs
+                .write_user(image, offset, &rng.bytes(len as usize))
+                .unwrap(),
             6..=7 => fs.punch(image, offset, len).unwrap(),
             8 => fs.preallocate(image, offset, len).unwrap(),
             _ => {
                 let tmp = image.with_extension("tmp");
                 fs.clone_file(image, &tmp).unwrap();
-                fs.write_user(image, offset, &rng.bytes(len as usize)).unwrap();
+                fs.write_user(image, offset, &rng.bytes(len as usize))
+                    .unwrap();
                 fs.remove(&tmp).unwrap();
             }
         }
@@ -315,13 +340,22 @@ fn workload(rng: &mut Rng, fs: &mut FakeImages, image: &Path, size: u64) -> BTre
 
 fn check_shape(changes: &[Change], size: u64, block: u64) {
     for w in changes.windows(2) {
-        assert!(w[0].end() <= w[1].offset, "overlap or unsorted: {changes:?}");
-        assert!(w[0].end() < w[1].offset || w[0].kind != w[1].kind, "not merged: {changes:?}");
+        assert!(
+            w[0].end() <= w[1].offset,
+            "overlap or unsorted: {changes:?}"
+        );
+        assert!(
+            w[0].end() < w[1].offset || w[0].kind != w[1].kind,
+            "not merged: {changes:?}"
+        );
     }
     for c in changes {
         assert!(c.len > 0 && c.end() <= size, "{c:?} outside {size}");
         assert!(c.offset % block == 0, "{c:?} not aligned to {block}");
-        assert!(c.end() % block == 0 || c.end() == size, "{c:?} not aligned to {block}");
+        assert!(
+            c.end() % block == 0 || c.end() == size,
+            "{c:?} not aligned to {block}"
+        );
     }
 }
 
@@ -354,7 +388,10 @@ fn applying_the_changes_to_the_first_clone_gives_the_second() {
                 // Exact: nothing outside the blocks the workload touched.
                 for c in &changes {
                     let blocks: BTreeSet<u64> = (c.offset / K..c.end().div_ceil(K)).collect();
-                    assert!(blocks.is_subset(&touched), "seed {seed}: {c:?} was not touched");
+                    assert!(
+                        blocks.is_subset(&touched),
+                        "seed {seed}: {c:?} was not touched"
+                    );
                 }
             }
         }
@@ -377,7 +414,10 @@ fn a_replica_follows_a_chain_of_clones() {
         let initial = all_data(&fs.data_ranges(&prev).unwrap(), size, K);
         fs.create_sparse(&replica, size).unwrap();
         apply(&mut fs, &initial, &prev, &replica);
-        assert!(fs.content(&replica) == fs.content(&prev), "seed {seed}: initial sync");
+        assert!(
+            fs.content(&replica) == fs.content(&prev),
+            "seed {seed}: initial sync"
+        );
         for cycle in 1..6 {
             workload(&mut rng, &mut fs, &image, size);
             let next = dir.join(format!("v.{cycle}"));
@@ -389,7 +429,10 @@ fn a_replica_follows_a_chain_of_clones() {
                 [K, 16 * K][rng.below(2) as usize],
             );
             apply(&mut fs, &changes, &next, &replica);
-            assert!(fs.content(&replica) == fs.content(&next), "seed {seed}, cycle {cycle}");
+            assert!(
+                fs.content(&replica) == fs.content(&next),
+                "seed {seed}, cycle {cycle}"
+            );
             // The old clone goes; its blocks are free for the next writes.
             fs.remove(&prev).unwrap();
             prev = next;

@@ -40,7 +40,8 @@ fn writes_read_back_and_holes_read_zeros() {
 #[test]
 fn a_clone_shares_blocks_until_written() {
     let mut fs = fake();
-    fs.write_at(&img(), 0, &vec![7; 4 * BLOCK as usize]).unwrap();
+    fs.write_at(&img(), 0, &vec![7; 4 * BLOCK as usize])
+        .unwrap();
     let before = fs.extents(&img()).unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].flags, flags::LAST);
@@ -58,20 +59,28 @@ fn a_clone_shares_blocks_until_written() {
     assert_eq!(fs.extents(&img()).unwrap(), after);
     // The clone kept its content.
     assert_eq!(fs.content(&p("/pool/a.1")).unwrap()[BLOCK as usize + 10], 7);
-    assert_eq!(&fs.content(&img()).unwrap()[BLOCK as usize + 10..][..3], b"new");
+    assert_eq!(
+        &fs.content(&img()).unwrap()[BLOCK as usize + 10..][..3],
+        b"new"
+    );
 }
 
 #[test]
 fn punch_frees_whole_blocks_and_zeroes_partial_ones() {
     let mut fs = fake();
-    fs.write_at(&img(), 0, &vec![9; 4 * BLOCK as usize]).unwrap();
+    fs.write_at(&img(), 0, &vec![9; 4 * BLOCK as usize])
+        .unwrap();
     assert_eq!(fs.physical_blocks(), 4);
     fs.punch(&img(), BLOCK / 2, 2 * BLOCK).unwrap();
     // Block 1 is gone; blocks 0 and 2 are partly zero.
     assert_eq!(fs.physical_blocks(), 3);
     let c = fs.content(&img()).unwrap();
     assert_eq!(c[BLOCK as usize / 2 - 1], 9);
-    assert!(c[BLOCK as usize / 2..BLOCK as usize * 5 / 2].iter().all(|&b| b == 0));
+    assert!(
+        c[BLOCK as usize / 2..BLOCK as usize * 5 / 2]
+            .iter()
+            .all(|&b| b == 0)
+    );
     assert_eq!(c[BLOCK as usize * 5 / 2], 9);
     assert_eq!(fs.size(&img()).unwrap(), 64 * BLOCK, "KEEP_SIZE");
     assert_eq!(
@@ -101,7 +110,8 @@ fn freed_blocks_are_reused_and_clones_pin_theirs() {
 #[test]
 fn extents_merge_contiguous_blocks_and_can_be_cut() {
     let mut fs = fake();
-    fs.write_at(&img(), 0, &vec![1; 6 * BLOCK as usize]).unwrap();
+    fs.write_at(&img(), 0, &vec![1; 6 * BLOCK as usize])
+        .unwrap();
     fs.write_at(&img(), 10 * BLOCK, &[1; 10]).unwrap();
     let ext = fs.extents(&img()).unwrap();
     let phys = ext[0].physical;
@@ -123,9 +133,17 @@ fn extents_merge_contiguous_blocks_and_can_be_cut() {
         ]
     );
     fs.set_max_extent_blocks(Some(4));
-    let lengths: Vec<u64> = fs.extents(&img()).unwrap().iter().map(|e| e.length / BLOCK).collect();
+    let lengths: Vec<u64> = fs
+        .extents(&img())
+        .unwrap()
+        .iter()
+        .map(|e| e.length / BLOCK)
+        .collect();
     assert_eq!(lengths, [4, 2, 1]);
-    assert_eq!(fs.extents(&p("/pool/none")).unwrap_err().to_string(), "open /pool/none: No such file or directory (os error 2)");
+    assert_eq!(
+        fs.extents(&p("/pool/none")).unwrap_err().to_string(),
+        "open /pool/none: No such file or directory (os error 2)"
+    );
 }
 
 #[test]
@@ -204,10 +222,22 @@ fn injected_failures_hit_once() {
     let mut fs = fake();
     fs.fail_next(Op::Clone);
     let err = fs.clone_file(&img(), &p("/pool/a.1")).unwrap_err();
-    assert_eq!(err.to_string(), "FICLONE /pool/a.img: Input/output error (os error 5)");
+    assert_eq!(
+        err.to_string(),
+        "FICLONE /pool/a.img: Input/output error (os error 5)"
+    );
     assert!(!fs.exists(&p("/pool/a.1")));
     fs.clone_file(&img(), &p("/pool/a.1")).unwrap();
-    for op in [Op::Flush, Op::Extents, Op::DataRanges, Op::Size, Op::Write, Op::Punch, Op::Fsync, Op::Remove] {
+    for op in [
+        Op::Flush,
+        Op::Extents,
+        Op::DataRanges,
+        Op::Size,
+        Op::Write,
+        Op::Punch,
+        Op::Fsync,
+        Op::Remove,
+    ] {
         fs.fail_next(op);
         let r = match op {
             Op::Flush => fs.flush(&p("/mnt/a"), &img()),
@@ -243,7 +273,10 @@ fn files_are_created_renamed_and_removed() {
     assert_eq!(&fs.content(&p("/dr/s.img")).unwrap()[..7], b"replica");
     assert_eq!(fs.physical_blocks(), 2);
     let err = fs.rename(&p("/dr/r.img"), &p("/dr/t.img")).unwrap_err();
-    assert_eq!(err.to_string(), "rename /dr/r.img -> /dr/t.img: No such file or directory (os error 2)");
+    assert_eq!(
+        err.to_string(),
+        "rename /dr/r.img -> /dr/t.img: No such file or directory (os error 2)"
+    );
     fs.fsync(&p("/dr")).unwrap();
     fs.remove(&p("/dr/s.img")).unwrap();
     fs.remove(&p("/dr/s.img")).unwrap();

@@ -1,8 +1,6 @@
 use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf};
 
-use super::{
-    FICLONE, FIFREEZE, FITHAW, FS_IOC_FIEMAP, FsError, Images as _, SystemImages, flags,
-};
+use super::{FICLONE, FIFREEZE, FITHAW, FS_IOC_FIEMAP, FsError, Images as _, SystemImages, flags};
 
 #[test]
 fn ioctl_numbers_match_the_kernel_headers() {
@@ -19,7 +17,11 @@ fn errors_name_the_call_and_the_path() {
         path: PathBuf::from("/srv/x"),
         source: std::io::Error::from_raw_os_error(libc::EBUSY),
     };
-    assert!(e.to_string().starts_with("FIFREEZE /srv/x: Device or resource busy"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("FIFREEZE /srv/x: Device or resource busy"),
+        "{e}"
+    );
     assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
 }
 
@@ -34,10 +36,16 @@ fn positioned_io_punch_and_data_ranges() {
     let mut fs = SystemImages::new();
     fs.create_sparse(&f, 4 << 20).unwrap();
     assert!(fs.exists(&f));
-    assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let err = fs.create_sparse(&f, 1).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
-    assert!(err.to_string().starts_with(&format!("create {}: ", f.display())));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("create {}: ", f.display()))
+    );
     assert_eq!(fs.size(&f).unwrap(), 4 << 20);
     assert_eq!(fs.data_ranges(&f).unwrap(), []);
 
@@ -52,7 +60,11 @@ fn positioned_io_punch_and_data_ranges() {
     let logical: Vec<(u64, u64)> = ext.iter().map(|e| (e.logical, e.length)).collect();
     assert_eq!(logical, [(0, 8192), (1 << 20, 4096)], "{ext:?}");
     assert!(ext[1].flags & flags::LAST != 0);
-    assert!(ext.iter().all(|e| e.physical != 0 && e.flags & flags::OPAQUE == 0), "{ext:?}");
+    assert!(
+        ext.iter()
+            .all(|e| e.physical != 0 && e.flags & flags::OPAQUE == 0),
+        "{ext:?}"
+    );
 
     fs.punch(&f, 4096, 4096).unwrap();
     fs.punch(&f, 0, 0).unwrap();
@@ -62,7 +74,11 @@ fn positioned_io_punch_and_data_ranges() {
     assert_eq!(fs.size(&f).unwrap(), 4 << 20);
 
     let err = fs.read_at(&f, (4 << 20) - 2, &mut buf).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("pread {}: ", f.display())), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("pread {}: ", f.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,7 +119,10 @@ fn rename_and_remove_forget_cached_handles() {
     fs.write_at(&b, 0, b"third").unwrap();
     assert_eq!(fs::read(&b).unwrap(), b"third");
     let err = fs.rename(&a, &b).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("rename {} -> {}: ", a.display(), b.display())));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("rename {} -> {}: ", a.display(), b.display()))
+    );
     fs.fsync(dir.path()).unwrap();
     // More files than the cache holds.
     for i in 0..40 {
@@ -113,7 +132,8 @@ fn rename_and_remove_forget_cached_handles() {
     }
     for i in 0..40 {
         let mut one = [0];
-        fs.read_at(&dir.path().join(format!("f{i}")), 0, &mut one).unwrap();
+        fs.read_at(&dir.path().join(format!("f{i}")), 0, &mut one)
+            .unwrap();
         assert_eq!(one, [i as u8]);
     }
 }
@@ -127,21 +147,66 @@ fn a_clone_never_overwrites_and_leaves_nothing_when_it_fails() {
     fs::write(&dst, b"keep").unwrap();
     let mut images = SystemImages::new();
     let err = images.clone_file(&src, &dst).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("create {}: ", dst.display())), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("create {}: ", dst.display())),
+        "{err}"
+    );
     assert_eq!(fs::read(&dst).unwrap(), b"keep");
     fs::remove_file(&dst).unwrap();
     match images.clone_file(&src, &dst) {
         // A reflink-capable file system (XFS, btrfs): same bytes, same mode.
         Ok(()) => {
             assert_eq!(fs::read(&dst).unwrap(), b"data");
-            assert_eq!(fs::metadata(&dst).unwrap().permissions().mode() & 0o7777, 0o640);
+            assert_eq!(
+                fs::metadata(&dst).unwrap().permissions().mode() & 0o7777,
+                0o640
+            );
         }
         // ext4, tmpfs: FICLONE fails, and the new file is gone again.
         Err(e) => {
-            assert!(e.to_string().starts_with(&format!("FICLONE {}: ", dst.display())), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("FICLONE {}: ", dst.display())),
+                "{e}"
+            );
             assert!(!dst.exists());
         }
     }
-    let err = images.clone_file(&dir.path().join("none"), &dst).unwrap_err();
+    let err = images
+        .clone_file(&dir.path().join("none"), &dst)
+        .unwrap_err();
     assert!(err.to_string().starts_with("open "), "{err}");
+}
+
+#[test]
+fn a_file_replaced_behind_the_cache_is_reopened() {
+    let dir = tmp();
+    let (f, other) = (dir.path().join("f"), dir.path().join("other"));
+    let mut fs = SystemImages::new();
+    fs.create_sparse(&f, 0).unwrap();
+    fs.write_at(&f, 0, b"old").unwrap();
+    // Replaced without going through the seam.
+    fs::write(&other, b"new").unwrap();
+    fs::rename(&other, &f).unwrap();
+    let mut buf = [0; 3];
+    fs.read_at(&f, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"new");
+    fs.write_at(&f, 0, b"NEW").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"NEW");
+    fs::remove_file(&f).unwrap();
+    assert!(fs.read_at(&f, 0, &mut buf).is_err());
+}
+
+#[test]
+fn new_files_get_their_directory() {
+    let dir = tmp();
+    let f = dir.path().join("vfs1/7/data.img");
+    let mut fs = SystemImages::new();
+    fs.create_sparse(&f, 4096).unwrap();
+    assert_eq!(fs.size(&f).unwrap(), 4096);
+    let clone = dir.path().join("vfs1/8/data.img");
+    // FICLONE needs XFS or btrfs; the directory is there either way.
+    let _ = fs.clone_file(&f, &clone);
+    assert!(clone.parent().unwrap().is_dir());
 }

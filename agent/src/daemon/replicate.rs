@@ -1,0 +1,196 @@
+//! Replication in the agent. The DR site receives each cycle on a data connection and writes it
+//! through a [`Sink`] on a thread of its own; the active site runs each cycle (group clone,
+//! delta, shipping) on a thread of its own with its own small runtime, so neither the agent's
+//! API nor its heartbeats wait for a cycle.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Config, VfsDef},
+    peer::{DataConn, DataPurpose, PeerClient, PeerContext},
+    replication::{
+        codec::Codec,
+        cycle::{Pieces, Point, SourceVolume, delta, drop_point, take_point},
+        extents,
+        fsops::{Images, SystemImages},
+        session::{self, SessionError},
+        sink::Sink,
+        wire::{Begin, VolumeInfo},
+    },
+    state::Store,
+};
+
+/// Where a VFS volume's image lives in the active site's pool.
+pub fn volume_image(pool: &Path, vfs: &str, volume: &str) -> PathBuf {
+    pool.join("volumes").join(vfs).join(format!("{volume}.img"))
+}
+
+/// DR site: takes a data connection's cycle into the replicas and the catalog.
+pub fn accept(conn: DataConn, config: &Config) {
+    let site = config.site.name.clone();
+    let Some(pool) = config.resources.pool.as_ref().map(|p| p.path.clone()) else {
+        tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
+            "a cycle arrived but this site has no pool (resources.pool)");
+        return;
+    };
+    let state_dir = config.state_dir.clone();
+    tokio::spawn(async move {
+        let store = match Store::open(&state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(site = %site, vfs = %conn.vfs, event = "cycle_refused", error = %e, "cannot open the state store");
+                return;
+            }
+        };
+        let sink = Sink { store, images: Box::new(SystemImages::new()), pool };
+        let started = Instant::now();
+        match session::receive(conn.stream, &conn.from, sink).await {
+            Ok(s) => tracing::info!(site = %site, vfs = %s.vfs, peer = %conn.from, event = "cycle_committed",
+                cycle = s.cycle, snapshot = s.id, changed_bytes = s.changed_bytes, shipped_bytes = s.shipped_bytes,
+                duration_ms = started.elapsed().as_millis() as u64, "snapshot committed"),
+            Err(e) => tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
+                error = %e, "cycle refused; the replicas stay at the last snapshot"),
+        }
+    });
+}
+
+/// What the active site needs to run a cycle.
+pub struct CycleJob {
+    pub def: VfsDef,
+    pub pool: PathBuf,
+    pub state_dir: PathBuf,
+    pub ctx: Arc<PeerContext>,
+}
+
+/// The outcome of one cycle, for `vfsdr replicate`, `vfsdr status` and journald.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CycleReport {
+    pub vfs: String,
+    pub cycle: u64,
+    pub snapshot: u64,
+    /// A full copy (no previous point).
+    pub full: bool,
+    pub changed_bytes: u64,
+    pub zeroed_bytes: u64,
+    /// Bytes on the wire (frames, compressed).
+    pub wire_bytes: u64,
+    pub freeze_window_ms: f64,
+    pub duration_ms: u64,
+    /// When the point was taken (seconds since the Unix epoch): the consistent point the DR
+    /// site now has.
+    pub point_unix_s: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleFailure {
+    #[error("VFS {vfs}: {what}")]
+    Setup { vfs: String, what: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Cycle(#[from] crate::replication::cycle::CycleError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    Fs(#[from] crate::replication::fsops::FsError),
+}
+
+/// Runs one cycle of `job.def` to its DR site, on the calling thread (with a runtime of its own).
+pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
+    let vfs = job.def.name.clone();
+    let setup = |what: String| CycleFailure::Setup { vfs: vfs.clone(), what };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| setup(format!("cannot start a runtime: {e}")))?;
+    let mut store = Store::open(&job.state_dir)?;
+    let epoch = store.definition(&vfs)?.map_or(1, |s| s.epoch);
+    let mut images = SystemImages::new();
+    let volumes: Vec<SourceVolume> = job
+        .def
+        .volumes
+        .iter()
+        .map(|v| SourceVolume { name: v.name.clone(), image: volume_image(&job.pool, &vfs, &v.name), mount: v.mount.clone() })
+        .collect();
+    for v in &volumes {
+        if !images.exists(&v.image) {
+            return Err(setup(format!("volume {} has no image at {}", v.name, v.image.display())));
+        }
+    }
+    // The previous point, if its clones are all still there.
+    let state = store.source_state(&vfs)?;
+    let prev = state.as_ref().and_then(|s| {
+        let clones: Vec<PathBuf> = serde_json::from_value(s.clones.clone()).ok()?;
+        let cycle = s.last_acked?;
+        (s.initial_done && clones.len() == volumes.len() && clones.iter().all(|c| images.exists(c)))
+            .then_some(Point { cycle, clones, freeze_window: Default::default() })
+    });
+    let cycle = state.as_ref().and_then(|s| s.last_acked).map_or(1, |c| c + 1);
+    let clones_dir = job.pool.join("clones").join(&vfs);
+    let started = Instant::now();
+    let point = take_point(&mut images, &volumes, cycle, &clones_dir)?;
+    let point_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let result = (|| {
+        let d = delta(&mut images, prev.as_ref(), &point)?;
+        let (changed, zeroed) = d.iter().fold((0, 0), |acc, c| {
+            let (a, b) = extents::total(c);
+            (acc.0 + a, acc.1 + b)
+        });
+        let mut sizes = Vec::new();
+        for c in &point.clones {
+            sizes.push(images.size(c)?);
+        }
+        let begin = Begin {
+            vfs: vfs.clone(),
+            cycle,
+            epoch,
+            base: prev.as_ref().map(|p| p.cycle),
+            volumes: volumes.iter().zip(sizes).map(|(v, size)| VolumeInfo { name: v.name.clone(), size }).collect(),
+        };
+        let peer = job.def.replication.peer.clone();
+        let codec = Codec::from(job.def.replication.compression);
+        let limit = job.def.replication.bandwidth_limit_bytes_per_s;
+        let sent = rt.block_on(async {
+            let client = PeerClient::new(job.ctx.clone(), job.ctx.peer(&peer).cloned().ok_or_else(|| {
+                crate::peer::PeerError::UnknownPeer { peer: peer.clone() }
+            })?)?;
+            let stream = client.open_data(DataPurpose::Replication { vfs: vfs.clone() }).await?;
+            let pieces = Pieces::new(&mut images, &point, &d);
+            Ok::<_, CycleFailure>(session::send(stream, &begin, pieces, codec, limit).await?)
+        })?;
+        Ok::<_, CycleFailure>((sent, changed, zeroed))
+    })();
+    match result {
+        Ok((sent, changed, zeroed)) => {
+            store.source_acked(&vfs, cycle, &serde_json::to_value(&point.clones).unwrap_or_default())?;
+            if let Some(p) = &prev {
+                let _ = drop_point(&mut images, p);
+            }
+            Ok(CycleReport {
+                vfs,
+                cycle,
+                snapshot: sent.snapshot,
+                full: prev.is_none(),
+                changed_bytes: changed,
+                zeroed_bytes: zeroed,
+                wire_bytes: sent.stats.wire_bytes,
+                freeze_window_ms: point.freeze_window.as_secs_f64() * 1000.0,
+                duration_ms: started.elapsed().as_millis() as u64,
+                point_unix_s,
+            })
+        }
+        Err(e) => {
+            let _ = drop_point(&mut images, &point);
+            Err(e)
+        }
+    }
+}
