@@ -74,6 +74,7 @@ fn now(h: Handled) -> Response {
     match h {
         Handled::Now(r) => r,
         Handled::Forward { peer, .. } => panic!("forwarded to {peer}"),
+        Handled::Cycle(def) => panic!("cycle of {}", def.name),
     }
 }
 

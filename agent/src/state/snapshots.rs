@@ -309,14 +309,14 @@ impl Store {
                     false => Err(mismatch(flight.base)),
                 };
             }
-            if let Some(latest) = select(db, vfs, HIGHEST, None)?.pop() {
-                if cycle <= latest.id {
-                    return Err(StateError::StaleCycle {
-                        vfs: vfs.to_string(),
-                        cycle,
-                        latest: latest.id,
-                    });
-                }
+            if let Some(latest) = select(db, vfs, HIGHEST, None)?.pop()
+                && cycle <= latest.id
+            {
+                return Err(StateError::StaleCycle {
+                    vfs: vfs.to_string(),
+                    cycle,
+                    latest: latest.id,
+                });
             }
             if base.is_some() {
                 let expected = select(db, vfs, LATEST_COMMITTED, None)?.pop().map(|s| s.id);
