@@ -44,6 +44,8 @@ pub enum Request {
     ListVfs,
     /// Run a replication cycle of `vfs` (active here) now; answered when it is done.
     Replicate { vfs: String },
+    /// The snapshot catalog of `vfs` (at its DR site).
+    Snapshots { vfs: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,7 @@ pub enum Response {
     Released { vfs: String, steps: Vec<Step> },
     Vfs { vfs: Vec<VfsInfo> },
     Replicated(crate::daemon::CycleReport),
+    Snapshots { vfs: String, snapshots: Vec<crate::state::Snapshot> },
     Error { message: String },
 }
 

@@ -101,6 +101,14 @@ enum Command {
         #[command(flatten)]
         target: AgentTarget,
     },
+    /// List the snapshots of VFS kept at this (DR) site.
+    Snapshots {
+        vfs: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
     /// List the VFSs this site knows: role, epoch, reservations.
     Vfs {
         #[arg(long)]
@@ -237,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Release { vfs, json, target } => vfs::release(&target.socket()?, vfs, json),
         Command::Vfs { json, target } => vfs::list(&target.socket()?, json),
+        Command::Snapshots { vfs, json, target } => vfs::snapshots(&target.socket()?, vfs, json),
         Command::Replicate { vfs, now: _, json, target } => vfs::replicate(&target.socket()?, vfs, json),
         Command::Cert(CertCommand::Ca { dir, name }) => {
             let files = crate::cert::create_ca(&dir, &name)?;

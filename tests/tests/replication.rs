@@ -118,6 +118,9 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     let status: Value = serde_json::from_str(&agent_a.cli(["status", "--json"])?)?;
     ensure!(status["replication"][0]["cycle"] == r2["cycle"], "{status}");
     ensure!(agent_b.log_text().contains("cycle_committed"), "{}", agent_b.log_text());
+    let listed: Value = serde_json::from_str(&agent_b.cli(["snapshots", "fs1", "--json"])?)?;
+    let ids: Vec<u64> = listed.as_array().context("list")?.iter().filter_map(|s| s["id"].as_u64()).collect();
+    ensure!(ids == [r1["snapshot"].as_u64().unwrap_or(0), r2["snapshot"].as_u64().unwrap_or(0)], "{listed}");
     // Nothing changed: an empty cycle still commits a snapshot.
     let r3 = replicate(false)?;
     ensure!(r3["changed_bytes"].as_u64().unwrap_or(u64::MAX) < MIB, "{r3}");

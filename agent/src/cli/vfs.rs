@@ -163,6 +163,33 @@ pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
     }
 }
 
+pub fn snapshots(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Result<ExitCode> {
+    match api::call(socket, &Request::Snapshots { vfs })? {
+        Response::Snapshots { vfs, snapshots } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshots)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:>8} {:>12} {:>6} {:>12} {:>12}  IMAGES ({vfs})", "ID", "CREATED", "EPOCH", "CHANGED", "SHIPPED");
+            for s in &snapshots {
+                let images: Vec<String> = s.images.iter().map(|i| i.path.display().to_string()).collect();
+                println!(
+                    "{:>8} {:>12} {:>6} {:>12} {:>12}  {}",
+                    s.id,
+                    s.created_unix,
+                    s.epoch,
+                    super::show::bytes(s.changed_bytes as f64),
+                    super::show::bytes(s.shipped_bytes as f64),
+                    images.join(" ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
 pub fn list(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     match api::call(socket, &Request::ListVfs)? {
         Response::Vfs { vfs } => {

@@ -75,6 +75,7 @@ impl Agent {
                 (vfs, m)
             }
             Request::Release { vfs } => (vfs.clone(), Message::Release { vfs }),
+            Request::Snapshots { vfs } => return Handled::Now(self.snapshots(&vfs)),
             Request::Replicate { vfs } => {
                 return match self.local_definition(&vfs) {
                     Some(def) => Handled::Cycle(def.clone()),
@@ -231,6 +232,19 @@ impl Agent {
                 action = %s.action, "release step");
         }
         Ok(steps)
+    }
+
+    fn snapshots(&self, vfs: &str) -> Response {
+        if let Some(def) = self.local_definition(vfs) {
+            return Response::Error {
+                message: format!("VFS {vfs} is active here; its snapshots are kept at its DR site {}", def.replication.peer),
+            };
+        }
+        match self.store.definition(vfs).and_then(|d| Ok((d, self.store.snapshots(vfs)?))) {
+            Ok((None, _)) => Response::Error { message: format!("unknown VFS {vfs} at site {}", self.site_name()) },
+            Ok((Some(_), snapshots)) => Response::Snapshots { vfs: vfs.to_owned(), snapshots },
+            Err(e) => Response::Error { message: e.to_string() },
+        }
     }
 
     fn list_vfs(&self) -> Response {

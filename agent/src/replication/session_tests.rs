@@ -25,10 +25,15 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(|_| {})
+}
+
+fn world_with(edit: impl FnOnce(&mut crate::config::VfsDef)) -> World {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
     let mut def = test_vfs("fs1", "site-b", "/srv/vfsdr/mnt/fs1/data");
     def.volumes[0].size_bytes = 16 * MIB;
+    edit(&mut def);
     store.put_definition(&def, Role::Standby, 1, "site-a").unwrap();
     let src = FakeImages::new();
     let vols = vec![SourceVolume {
@@ -112,4 +117,22 @@ async fn a_delta_on_a_snapshot_this_site_does_not_have_is_refused() {
     assert!(e.contains("delta on snapshot 7"), "{e}");
     let replica = replica_volumes(Path::new("/b/pool"), &test_vfs("fs1", "site-b", "/m"));
     assert!(!w.dst.files().contains(&replica[0].image));
+}
+
+#[tokio::test]
+async fn snapshots_outside_the_retention_grid_are_pruned_after_a_commit() {
+    // No rule: only the newest snapshot is kept.
+    let mut w = world_with(|d| d.snapshots.rules.clear());
+    let img = w.vols[0].image.clone();
+    w.src.write_user(&img, 0, &[1u8; 4096]).unwrap();
+    let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    w.cycle("site-a", None, &p1, None).await.0.unwrap();
+    w.src.write_user(&img, 4096, &[2u8; 4096]).unwrap();
+    let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    w.cycle("site-a", Some(&p1), &p2, Some(1)).await.0.unwrap();
+    let store = Store::open(w.dir.path()).unwrap();
+    let ids: Vec<u64> = store.snapshots("fs1").unwrap().iter().map(|s| s.id).collect();
+    assert_eq!(ids, [2]);
+    assert!(!w.dst.files().contains(&PathBuf::from("/b/pool/snapshots/fs1/1/data.img")));
+    assert!(w.dst.files().contains(&PathBuf::from("/b/pool/snapshots/fs1/2/data.img")));
 }

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     config::VfsDef,
-    state::{Role, SnapshotImage, Store, Snapshot, StateError},
+    state::{Role, Snapshot, SnapshotImage, SnapshotState, StateError, Store},
 };
 
 /// Where a VFS's snapshots live in a pool: `<pool>/snapshots/<vfs>/<id>/`.
@@ -143,6 +143,41 @@ impl Sink {
             images.push(SnapshotImage { volume: v.name.clone(), size: self.images.size(&p)?, path: p, allocated: 0 });
         }
         let snap = self.store.commit_snapshot(&b.vfs, b.cycle, b.epoch, &images, r.changed_bytes, shipped_bytes)?;
+        if let Err(e) = self.prune(&b.vfs) {
+            // The snapshot is committed; pruning is retried after the next one.
+            tracing::warn!(vfs = %b.vfs, event = "prune_failed", error = %e, "pruning old snapshots failed");
+        }
         Ok(snap)
+    }
+
+    /// Removes the snapshots the VFS's retention grid no longer keeps (and finishes removals
+    /// an earlier crash interrupted): marked first, files deleted, then forgotten.
+    pub fn prune(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
+        let Some(stored) = self.store.definition(vfs)? else { return Ok(Vec::new()) };
+        let all = self.store.snapshots(vfs)?;
+        let committed: Vec<(u64, u64)> = all
+            .iter()
+            .filter(|s| s.state == SnapshotState::Committed)
+            .map(|s| (s.id, s.created_unix))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let drop = super::retention::prune(&committed, &stored.def.snapshots, now);
+        self.store.mark_pruning(vfs, &drop)?;
+        let mut removed = Vec::new();
+        for s in self.store.snapshots(vfs)?.into_iter().filter(|s| s.state == SnapshotState::Pruning) {
+            for image in &s.images {
+                self.images.remove(&image.path)?;
+            }
+            let _ = std::fs::remove_dir(snapshot_dir(&self.pool, vfs, s.id));
+            self.store.forget_snapshot(vfs, s.id)?;
+            removed.push(s.id);
+        }
+        if !removed.is_empty() {
+            tracing::info!(vfs = %vfs, event = "snapshots_pruned", count = removed.len(), ids = ?removed,
+                "snapshots outside the retention grid removed");
+        }
+        Ok(removed)
     }
 }

@@ -533,7 +533,7 @@ async fn throughput_of_writer_and_reader_per_codec() {
     const BLOCK: usize = 1 << 20;
     let source = std::sync::Arc::new(half_compressible(32 << 20, 11));
     for codec in CODECS {
-        let (a, b) = duplex(1 << 20);
+        let (a, b) = duplex(4 << 20);
         let started = Instant::now();
         let writer = tokio::spawn({
             let source = source.clone();
