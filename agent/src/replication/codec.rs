@@ -121,7 +121,10 @@ impl Compressor {
             }
             Codec::Lz4 => {
                 // lz4_flex wants room for the worst case before it starts.
-                out.resize(start + lz4_flex::block::get_maximum_output_size(data.len()), 0);
+                out.resize(
+                    start + lz4_flex::block::get_maximum_output_size(data.len()),
+                    0,
+                );
                 lz4_flex::block::compress_into(data, &mut out[start..]).ok()
             }
         };

@@ -6,7 +6,10 @@
 //! the image after that clone lands in newly allocated blocks (copy on write). A range that the
 //! new clone maps to the same physical place as the previous one therefore holds the same bytes;
 //! anything else may have changed. The comparison is exact at the file system's block size
-//! (`FIEMAP_EXTENT_SHARED` alone would miss newly allocated blocks).
+//! (`FIEMAP_EXTENT_SHARED` alone would miss newly allocated blocks). Hence: keep the previous
+//! clone, unmodified, until the next one is taken and compared; compare clones, never the live
+//! image. Anything that moves extents without changing data (defragmentation) only costs extra
+//! `Data`, never a missed change.
 //!
 //! # Semantics of [`changed`]
 //! Each byte of `[0, size)` is classified by what `prev` and `next` map it to:
