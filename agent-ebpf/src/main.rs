@@ -15,13 +15,14 @@ mod maps {
         maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     };
     use vfsdr_common::{
-        BlockLayout, EXTENTS_RING_BYTES, EXTENTS_WAKEUP_BYTES, Extent, VolumeCounters,
-        WRITERS_MAX, WriterStats, counter,
+        BlockLayout, EXTENTS_RING_BYTES, EXTENTS_WAKEUP_BYTES, Extent, VolumeCounters, WRITERS_MAX,
+        WriterStats, counter,
     };
 
     /// Watched block devices (`MAJOR << 20 | MINOR`) and their per-CPU counters.
     #[map]
-    pub static WATCHED: PerCpuHashMap<u32, VolumeCounters> = PerCpuHashMap::with_max_entries(256, 0);
+    pub static WATCHED: PerCpuHashMap<u32, VolumeCounters> =
+        PerCpuHashMap::with_max_entries(256, 0);
     /// Field offsets of the block tracepoint record, filled in by the agent.
     #[map]
     pub static BLOCK_LAYOUT: Array<BlockLayout> = Array::with_max_entries(1, 0);

@@ -25,7 +25,10 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub enum Request {
     Status,
     /// The blocks of `volume` changed since its mark; with `take`, also start a new mark.
-    Changed { volume: String, take: bool },
+    Changed {
+        volume: String,
+        take: bool,
+    },
     /// Does the DR site of `vfs` have what it needs? For a change, of the `change` definition.
     Precheck {
         vfs: String,
@@ -39,13 +42,19 @@ pub enum Request {
         proceed: bool,
     },
     /// Remove what is reserved for `vfs` at its DR site.
-    Release { vfs: String },
+    Release {
+        vfs: String,
+    },
     /// The VFSs this site knows, with their roles and reservations.
     ListVfs,
     /// Run a replication cycle of `vfs` (active here) now; answered when it is done.
-    Replicate { vfs: String },
+    Replicate {
+        vfs: String,
+    },
     /// The snapshot catalog of `vfs` (at its DR site).
-    Snapshots { vfs: String },
+    Snapshots {
+        vfs: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,11 +64,21 @@ pub enum Response {
     Changed(Changes),
     Precheck(Report),
     Reserved(Outcome),
-    Released { vfs: String, steps: Vec<Step> },
-    Vfs { vfs: Vec<VfsInfo> },
+    Released {
+        vfs: String,
+        steps: Vec<Step>,
+    },
+    Vfs {
+        vfs: Vec<VfsInfo>,
+    },
     Replicated(crate::daemon::CycleReport),
-    Snapshots { vfs: String, snapshots: Vec<crate::state::Snapshot> },
-    Error { message: String },
+    Snapshots {
+        vfs: String,
+        snapshots: Vec<crate::state::Snapshot>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,7 +128,9 @@ pub struct VolumeInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("cannot connect to the agent at {socket}: {source} (is `vfsdr agent` running with this configuration?)")]
+    #[error(
+        "cannot connect to the agent at {socket}: {source} (is `vfsdr agent` running with this configuration?)"
+    )]
     Connect {
         socket: PathBuf,
         source: std::io::Error,
@@ -154,7 +175,11 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
 }
 
 /// Like [`call`], waiting up to `timeout` for the answer.
-pub fn call_within(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ApiError> {
+pub fn call_within(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
     let io = |source| ApiError::Io {
         socket: socket.to_owned(),
         source,

@@ -13,7 +13,11 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "vfsdr", version, about = "Disaster recovery for virtual SMB file servers")]
+#[command(
+    name = "vfsdr",
+    version,
+    about = "Disaster recovery for virtual SMB file servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +27,12 @@ struct Cli {
 enum Command {
     /// Run the agent (daemon) of this site.
     Agent {
-        #[arg(long, short, value_name = "FILE", default_value = "/etc/vfsdr/vfsdr.yaml")]
+        #[arg(
+            long,
+            short,
+            value_name = "FILE",
+            default_value = "/etc/vfsdr/vfsdr.yaml"
+        )]
         config: PathBuf,
         /// Where logs go: journald when connected to it, else stderr (auto).
         #[arg(long, value_enum, default_value = "auto")]
@@ -190,7 +199,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_level,
         } => {
             logging::init(log, log_level)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             if let Err(e) = rt.block_on(daemon::run(&config)) {
                 tracing::error!(event = "agent_failed", error = %e, "agent cannot run");
                 return Err(e.into());
@@ -239,22 +250,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Response::Error { message } => anyhow::bail!("{message}"),
             other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
         },
-        Command::Precheck { vfs, purpose, json, target } => vfs::precheck(&target.socket()?, vfs, &purpose, json),
-        Command::Reserve { vfs, purpose, on_shortage, json, target } => {
-            vfs::reserve(&target.socket()?, vfs, &purpose, on_shortage, json)
-        }
+        Command::Precheck {
+            vfs,
+            purpose,
+            json,
+            target,
+        } => vfs::precheck(&target.socket()?, vfs, &purpose, json),
+        Command::Reserve {
+            vfs,
+            purpose,
+            on_shortage,
+            json,
+            target,
+        } => vfs::reserve(&target.socket()?, vfs, &purpose, on_shortage, json),
         Command::Release { vfs, json, target } => vfs::release(&target.socket()?, vfs, json),
         Command::Vfs { json, target } => vfs::list(&target.socket()?, json),
         Command::Snapshots { vfs, json, target } => vfs::snapshots(&target.socket()?, vfs, json),
-        Command::Replicate { vfs, now: _, json, target } => vfs::replicate(&target.socket()?, vfs, json),
+        Command::Replicate {
+            vfs,
+            now: _,
+            json,
+            target,
+        } => vfs::replicate(&target.socket()?, vfs, json),
         Command::Cert(CertCommand::Ca { dir, name }) => {
             let files = crate::cert::create_ca(&dir, &name)?;
-            println!("CA certificate {}\nCA key {}", files.cert.display(), files.key.display());
+            println!(
+                "CA certificate {}\nCA key {}",
+                files.cert.display(),
+                files.key.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert(CertCommand::Site { site, ca, out }) => {
             let files = crate::cert::create_site(&ca, &site, &out)?;
-            println!("site certificate {}\nsite key {}", files.cert.display(), files.key.display());
+            println!(
+                "site certificate {}\nsite key {}",
+                files.cert.display(),
+                files.key.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { files }) => {
@@ -275,7 +308,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

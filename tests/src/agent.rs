@@ -38,7 +38,12 @@ pub fn write_config(site: &Site, body: &str) -> anyhow::Result<PathBuf> {
 
 /// Like [`write_config`], with the peer link: listening on the site's lab address, the
 /// certificates of `certs` (see [`make_certs`]), and `peers` (name, site) as its peers.
-pub fn write_config_with_peers(site: &Site, certs: &Path, peers: &[&Site], body: &str) -> anyhow::Result<PathBuf> {
+pub fn write_config_with_peers(
+    site: &Site,
+    certs: &Path,
+    peers: &[&Site],
+    body: &str,
+) -> anyhow::Result<PathBuf> {
     let mut link = format!(
         "  listen: {}:{PEER_PORT}\n  tls:\n    ca: {c}/ca.pem\n    cert: {c}/{n}.pem\n    key: {c}/{n}.key\n",
         site.address(),
@@ -48,7 +53,11 @@ pub fn write_config_with_peers(site: &Site, certs: &Path, peers: &[&Site], body:
     if !peers.is_empty() {
         link.push_str("peers:\n");
         for p in peers {
-            link.push_str(&format!("  - name: {}\n    address: {}:{PEER_PORT}\n", p.name(), p.address()));
+            link.push_str(&format!(
+                "  - name: {}\n    address: {}:{PEER_PORT}\n",
+                p.name(),
+                p.address()
+            ));
         }
     }
     write(site, &link, body)
@@ -78,13 +87,24 @@ pub fn make_certs(dir: &Path, sites: &[&str]) -> anyhow::Result<()> {
     let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
         let out = Command::new(&bin).args(args).output()?;
         if !out.status.success() {
-            bail!("vfsdr cert failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "vfsdr cert failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     };
     run(&["cert".as_ref(), "ca".as_ref(), dir.as_os_str()])?;
     for s in sites {
-        run(&["cert".as_ref(), "site".as_ref(), s.as_ref(), "--ca".as_ref(), dir.as_os_str(), "--out".as_ref(), dir.as_os_str()])?;
+        run(&[
+            "cert".as_ref(),
+            "site".as_ref(),
+            s.as_ref(),
+            "--ca".as_ref(),
+            dir.as_os_str(),
+            "--out".as_ref(),
+            dir.as_os_str(),
+        ])?;
     }
     Ok(())
 }
@@ -193,7 +213,12 @@ impl Agent {
             .as_array()
             .context("no ranges in the answer")?
             .iter()
-            .map(|r| (r["start"].as_u64().unwrap_or(0), r["end"].as_u64().unwrap_or(0)))
+            .map(|r| {
+                (
+                    r["start"].as_u64().unwrap_or(0),
+                    r["end"].as_u64().unwrap_or(0),
+                )
+            })
             .collect();
         Ok(Changed {
             ranges,

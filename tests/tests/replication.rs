@@ -20,23 +20,44 @@ const MIB: u64 = 1 << 20;
 
 fn sh(script: &str) -> anyhow::Result<String> {
     let out = Command::new("sh").args(["-ec", script]).output()?;
-    ensure!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Mounts a snapshot image read-only (a clone of a frozen XFS: `nouuid,norecovery`), runs `f`
 /// on the mount point, unmounts.
-fn with_snapshot<T>(image: &Path, at: &Path, f: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn with_snapshot<T>(
+    image: &Path,
+    at: &Path,
+    f: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     std::fs::create_dir_all(at)?;
-    sh(&format!("mount -o ro,nouuid,norecovery,loop '{}' '{}'", image.display(), at.display()))?;
+    sh(&format!(
+        "mount -o ro,nouuid,norecovery,loop '{}' '{}'",
+        image.display(),
+        at.display()
+    ))?;
     let r = f(at);
     sh(&format!("umount '{}'", at.display()))?;
     r
 }
 
 fn same_tree(a: &Path, b: &Path) -> anyhow::Result<()> {
-    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b).output()?;
-    ensure!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }
 
@@ -79,11 +100,16 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         &b,
         &certs,
         &[&a],
-        &format!("resources:\n  pool:\n    path: {}\n", b.pool().mount_point().display()),
+        &format!(
+            "resources:\n  pool:\n    path: {}\n",
+            b.pool().mount_point().display()
+        ),
     )?;
     let agent_b = Agent::start(&b, &b_config)?;
     let agent_a = Agent::start(&a, &a_config)?;
-    wait_for("the definition at site-b", || Ok(agent_b.cli(["vfs"])?.contains("fs1")))?;
+    wait_for("the definition at site-b", || {
+        Ok(agent_b.cli(["vfs"])?.contains("fs1"))
+    })?;
 
     let m = vol.mount_point().display().to_string();
     sh(&format!(
@@ -97,9 +123,15 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         Ok(r)
     };
     let r1 = replicate(true)?;
-    let snap = |id: &Value| b.pool().mount_point().join(format!("snapshots/fs1/{id}/data.img"));
+    let snap = |id: &Value| {
+        b.pool()
+            .mount_point()
+            .join(format!("snapshots/fs1/{id}/data.img"))
+    };
     let check_at = lab.dir().join("check");
-    with_snapshot(&snap(&r1["snapshot"]), &check_at, |at| same_tree(vol.mount_point(), at))?;
+    with_snapshot(&snap(&r1["snapshot"]), &check_at, |at| {
+        same_tree(vol.mount_point(), at)
+    })?;
 
     // Changes: overwrite in place, new files, a delete; only they travel.
     sh(&format!(
@@ -107,22 +139,51 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
          echo new > '{m}/dir/new'; rm '{m}/dir/f7'; sync"
     ))?;
     let r2 = replicate(false)?;
-    ensure!(r2["cycle"].as_u64() == r1["cycle"].as_u64().map(|c| c + 1), "{r1} then {r2}");
-    ensure!(r2["changed_bytes"].as_u64().unwrap_or(u64::MAX) < 8 * MIB, "an incremental cycle shipped too much: {r2}");
-    with_snapshot(&snap(&r2["snapshot"]), &check_at, |at| same_tree(vol.mount_point(), at))?;
+    ensure!(
+        r2["cycle"].as_u64() == r1["cycle"].as_u64().map(|c| c + 1),
+        "{r1} then {r2}"
+    );
+    ensure!(
+        r2["changed_bytes"].as_u64().unwrap_or(u64::MAX) < 8 * MIB,
+        "an incremental cycle shipped too much: {r2}"
+    );
+    with_snapshot(&snap(&r2["snapshot"]), &check_at, |at| {
+        same_tree(vol.mount_point(), at)
+    })?;
     // The first snapshot still holds the first state.
     with_snapshot(&snap(&r1["snapshot"]), &check_at, |at| {
-        ensure!(at.join("dir/f7").exists() && !at.join("dir/new").exists(), "snapshot 1 changed");
+        ensure!(
+            at.join("dir/f7").exists() && !at.join("dir/new").exists(),
+            "snapshot 1 changed"
+        );
         Ok(())
     })?;
     let status: Value = serde_json::from_str(&agent_a.cli(["status", "--json"])?)?;
     ensure!(status["replication"][0]["cycle"] == r2["cycle"], "{status}");
-    ensure!(agent_b.log_text().contains("cycle_committed"), "{}", agent_b.log_text());
+    ensure!(
+        agent_b.log_text().contains("cycle_committed"),
+        "{}",
+        agent_b.log_text()
+    );
     let listed: Value = serde_json::from_str(&agent_b.cli(["snapshots", "fs1", "--json"])?)?;
-    let ids: Vec<u64> = listed.as_array().context("list")?.iter().filter_map(|s| s["id"].as_u64()).collect();
-    ensure!(ids == [r1["snapshot"].as_u64().unwrap_or(0), r2["snapshot"].as_u64().unwrap_or(0)], "{listed}");
+    let ids: Vec<u64> = listed
+        .as_array()
+        .context("list")?
+        .iter()
+        .filter_map(|s| s["id"].as_u64())
+        .collect();
+    ensure!(
+        ids == [
+            r1["snapshot"].as_u64().unwrap_or(0),
+            r2["snapshot"].as_u64().unwrap_or(0)
+        ],
+        "{listed}"
+    );
     // Nothing changed: an empty cycle still commits a snapshot.
     let r3 = replicate(false)?;
-    ensure!(r3["changed_bytes"].as_u64().unwrap_or(u64::MAX) < MIB, "{r3}");
+    ensure!(
+        r3["changed_bytes"].as_u64().unwrap_or(u64::MAX) < MIB,
+        "{r3}"
+    );
     Ok(())
 }

@@ -9,7 +9,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use vfsdr_lab::{Lab, agent::{Agent, vfsdr_bin, write_config}, require_root};
+use vfsdr_lab::{
+    Lab,
+    agent::{Agent, vfsdr_bin, write_config},
+    require_root,
+};
 
 const BLOCK: usize = 4096;
 const MIB: u64 = 1 << 20;
@@ -35,7 +39,10 @@ fn frozen<T>(mount: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
 /// Indexes of the 4 KiB blocks that differ between two images of the same size.
 fn differing_blocks(a: &Path, b: &Path) -> anyhow::Result<Vec<u64>> {
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    ensure!(fa.metadata()?.len() == fb.metadata()?.len(), "images differ in size");
+    ensure!(
+        fa.metadata()?.len() == fb.metadata()?.len(),
+        "images differ in size"
+    );
     let mut out = Vec::new();
     let (mut ba, mut bb) = (vec![0u8; 256 * BLOCK], vec![0u8; 256 * BLOCK]);
     let mut block = 0u64;
@@ -76,7 +83,10 @@ fn every_changed_block_is_tracked() -> anyhow::Result<()> {
     let vol = site.pool().create_volume("data", 512 * MIB)?;
     let config = write_config(
         &site,
-        &format!("volumes:\n  - name: data\n    image: {}\n", vol.image().display()),
+        &format!(
+            "volumes:\n  - name: data\n    image: {}\n",
+            vol.image().display()
+        ),
     )?;
     let agent = Agent::start(&site, &config)?;
     let mnt = vol.mount_point().to_owned();
@@ -84,37 +94,66 @@ fn every_changed_block_is_tracked() -> anyhow::Result<()> {
     let after = site.pool().mount_point().join("after.img");
 
     // Baseline: with the file system frozen, copy the image and start a new mark.
-    sh(&format!("dd if=/dev/urandom of='{}/seed' bs=1M count=24 status=none; sync", mnt.display()))?;
+    sh(&format!(
+        "dd if=/dev/urandom of='{}/seed' bs=1M count=24 status=none; sync",
+        mnt.display()
+    ))?;
     frozen(&mnt, || {
-        sh(&format!("cp --reflink=always '{}' '{}'", vol.image().display(), before.display()))?;
+        sh(&format!(
+            "cp --reflink=always '{}' '{}'",
+            vol.image().display(),
+            before.display()
+        ))?;
         agent.changed("data", true).map(drop)
     })?;
 
     let m = mnt.display();
     // Each phase ends at a checkpoint: frozen, the image copied and the mark taken together.
     let phases: [(&str, &[String]); 2] = [
-        ("writes", &[
-            format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
-            format!("dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"),
-            format!("dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"),
-            format!("dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"),
-            format!("mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"),
-        ]),
-        ("deletes and fstrim", &[
-            format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
-            format!("sync; fstrim '{m}'"),
-        ]),
+        (
+            "writes",
+            &[
+                format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
+                format!(
+                    "dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"
+                ),
+                format!(
+                    "dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"
+                ),
+                format!(
+                    "dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"
+                ),
+                format!(
+                    "mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"
+                ),
+            ],
+        ),
+        (
+            "deletes and fstrim",
+            &[
+                format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
+                format!("sync; fstrim '{m}'"),
+            ],
+        ),
     ];
     for (phase, steps) in phases {
         for step in steps {
             sh(step)?;
         }
         let tracked = frozen(&mnt, || {
-            sh(&format!("cp --reflink=always '{}' '{}'", vol.image().display(), after.display()))?;
+            sh(&format!(
+                "cp --reflink=always '{}' '{}'",
+                vol.image().display(),
+                after.display()
+            ))?;
             agent.changed("data", true)
         })?;
         let changed = differing_blocks(&before, &after)?;
-        let missed: Vec<u64> = changed.iter().copied().filter(|b| !tracked.contains(*b)).collect();
+        let missed: Vec<u64> = changed
+            .iter()
+            .copied()
+            .filter(|b| !tracked.contains(*b))
+            .collect();
         let extra = tracked.blocks() - (changed.len() - missed.len()) as u64;
         eprintln!(
             "completeness, {phase}: {} blocks changed, {} tracked, {} missed, {} extra",
@@ -123,7 +162,11 @@ fn every_changed_block_is_tracked() -> anyhow::Result<()> {
             missed.len(),
             extra,
         );
-        ensure!(changed.len() > 4_000, "{phase} changed only {} blocks", changed.len());
+        ensure!(
+            changed.len() > 4_000,
+            "{phase} changed only {} blocks",
+            changed.len()
+        );
         ensure!(!tracked.incomplete, "the agent reports dropped extents");
         ensure!(
             missed.is_empty(),
@@ -136,8 +179,14 @@ fn every_changed_block_is_tracked() -> anyhow::Result<()> {
 
     let status = agent.status()?;
     let v = &status["tracking"]["volumes"][0];
-    ensure!(v["discarded_bytes"].as_u64().unwrap_or(0) > 0, "fstrim discards not counted: {v}");
-    ensure!(v["written_bytes"].as_u64().unwrap_or(0) > 40 * MIB, "writes not counted: {v}");
+    ensure!(
+        v["discarded_bytes"].as_u64().unwrap_or(0) > 0,
+        "fstrim discards not counted: {v}"
+    );
+    ensure!(
+        v["written_bytes"].as_u64().unwrap_or(0) > 40 * MIB,
+        "writes not counted: {v}"
+    );
     agent.stop()?;
     std::fs::remove_file(before)?;
     Ok(())
@@ -151,7 +200,10 @@ fn a_missing_volume_stops_the_start() -> anyhow::Result<()> {
     let lab = Lab::new("tracking-missing")?;
     let site = lab.add_site("site-a")?;
     let missing = site.dir().join("nope.img");
-    for (key, path) in [("image", missing.clone()), ("device", site.dir().join("no-such-device"))] {
+    for (key, path) in [
+        ("image", missing.clone()),
+        ("device", site.dir().join("no-such-device")),
+    ] {
         let config = write_config(
             &site,
             &format!("volumes:\n  - name: data\n    {key}: {}\n", path.display()),
@@ -162,10 +214,17 @@ fn a_missing_volume_stops_the_start() -> anyhow::Result<()> {
             .arg(&config)
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(!out.status.success(), "the agent started without {}", path.display());
+        ensure!(
+            !out.status.success(),
+            "the agent started without {}",
+            path.display()
+        );
         let want = format!("volume data: {} does not exist", path.display());
         ensure!(stderr.contains(&want), "expected `{want}` in:\n{stderr}");
-        ensure!(!site.run_dir().join("agent.sock").exists(), "socket left behind");
+        ensure!(
+            !site.run_dir().join("agent.sock").exists(),
+            "socket left behind"
+        );
     }
     Ok(())
 }
@@ -181,17 +240,30 @@ fn reload_and_clean_stop() -> anyhow::Result<()> {
     let vol = site.pool().create_volume("data", 320 * MIB)?;
     let spare = site.pool().mount_point().join("spare.img");
     sh(&format!("truncate -s 64M '{}'", spare.display()))?;
-    let one = format!("volumes:\n  - name: data\n    image: {}\n", vol.image().display());
+    let one = format!(
+        "volumes:\n  - name: data\n    image: {}\n",
+        vol.image().display()
+    );
     let config = write_config(&site, &one)?;
     let agent = Agent::start(&site, &config)?;
 
-    std::fs::write(&config, "version: 2\nsite: {name: site-a}\nvolumes: [{name: x}]\n")?;
+    std::fs::write(
+        &config,
+        "version: 2\nsite: {name: site-a}\nvolumes: [{name: x}]\n",
+    )?;
     signal(agent.pid(), libc::SIGHUP);
     wait_for(|| agent.log_text().contains("config_reload_failed"))?;
-    ensure!(agent.log_text().contains("volumes[0]"), "reload error does not name the field:\n{}", agent.log_text());
+    ensure!(
+        agent.log_text().contains("volumes[0]"),
+        "reload error does not name the field:\n{}",
+        agent.log_text()
+    );
     ensure!(agent.status()?["volumes"].as_array().map(Vec::len) == Some(1));
 
-    write_config(&site, &format!("{one}  - name: spare\n    image: {}\n", spare.display()))?;
+    write_config(
+        &site,
+        &format!("{one}  - name: spare\n    image: {}\n", spare.display()),
+    )?;
     signal(agent.pid(), libc::SIGHUP);
     wait_for(|| agent.log_text().contains("config_reloaded"))?;
     let status = agent.status()?;
@@ -203,7 +275,11 @@ fn reload_and_clean_stop() -> anyhow::Result<()> {
     let exit = agent.stop()?;
     ensure!(exit.success(), "agent exited with {exit}");
     let out = Command::new("losetup").arg("-j").arg(&spare).output()?;
-    ensure!(out.stdout.is_empty(), "{spare_dev} still attached: {}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        out.stdout.is_empty(),
+        "{spare_dev} still attached: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }
 

@@ -12,7 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use vfsdr_lab::{GIB, Lab, agent::{Agent, write_config}, require_root};
+use vfsdr_lab::{
+    GIB, Lab,
+    agent::{Agent, write_config},
+    require_root,
+};
 
 use crate::{setup, util};
 
@@ -33,7 +37,11 @@ const SMALL_SIZE: usize = 128;
 /// 4 KiB buffered writes over a 256 MiB file, several passes, then fsync.
 fn loop_4k(dir: &Path) -> anyhow::Result<Duration> {
     let path = dir.join("bench-4k");
-    let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
     let buf = vec![0x5au8; 4096];
     let start = Instant::now();
     for pass in 0..PASSES_4K {
@@ -100,17 +108,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let vol = site.pool().create_volume("data", 2 * GIB)?;
     let config = write_config(
         &site,
-        &format!("volumes:\n  - name: data\n    image: {}\n", vol.image().display()),
+        &format!(
+            "volumes:\n  - name: data\n    image: {}\n",
+            vol.image().display()
+        ),
     )?;
     let dir = vol.mount_point();
     type Workload = fn(&Path) -> anyhow::Result<Duration>;
     let workloads: [(&str, String, Workload); 2] = [
-        ("4k-buffered", format!("{} x 4 KiB pwrite over a 256 MiB file, then fsync", PASSES_4K * FILE_BYTES / 4096), loop_4k),
-        ("small-writes", format!("{SMALL_WRITES} x {SMALL_SIZE} B appending write, then fsync"), loop_small),
+        (
+            "4k-buffered",
+            format!(
+                "{} x 4 KiB pwrite over a 256 MiB file, then fsync",
+                PASSES_4K * FILE_BYTES / 4096
+            ),
+            loop_4k,
+        ),
+        (
+            "small-writes",
+            format!("{SMALL_WRITES} x {SMALL_SIZE} B appending write, then fsync"),
+            loop_small,
+        ),
     ];
     let mut rows: Vec<Row> = workloads
         .iter()
-        .map(|(n, w, _)| Row { name: n, what: w.clone(), detached: vec![], attached: vec![] })
+        .map(|(n, w, _)| Row {
+            name: n,
+            what: w.clone(),
+            detached: vec![],
+            attached: vec![],
+        })
         .collect();
     // Warm up the volume (allocations, page cache) once per workload.
     for (_, _, f) in &workloads {
@@ -143,9 +170,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn render(rows: &[Row], rounds: usize) -> anyhow::Result<String> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mut o = String::new();
-    writeln!(o, "# Write-tracking overhead (`cargo xtask bench writes`)\n")?;
+    writeln!(
+        o,
+        "# Write-tracking overhead (`cargo xtask bench writes`)\n"
+    )?;
     writeln!(
         o,
         "Kernel {}, {cpus} CPUs. A loop-backed XFS volume (2 GiB image on the lab's XFS pool); each workload \
@@ -153,7 +185,10 @@ fn render(rows: &[Row], rounds: usize) -> anyhow::Result<String> {
          tracepoint + 5 write-syscall tracepoints), alternating, {rounds} rounds; medians.\n",
         kernel.trim()
     )?;
-    writeln!(o, "| workload | what | detached (median) | attached (median) | attached / detached | overhead |")?;
+    writeln!(
+        o,
+        "| workload | what | detached (median) | attached (median) | attached / detached | overhead |"
+    )?;
     writeln!(o, "|---|---|---|---|---|---|")?;
     for r in rows.iter() {
         let d = median(&r.detached);

@@ -72,12 +72,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dr.pool().mount_point().display()
         ),
     )?;
-    eprintln!("   site-a namespace {}, address {}", site.netns().name(), site.address());
-    eprintln!("   volume image {} on {}, mounted at {}", vol.image().display(), vol.loop_device().display(), vol.mount_point().display());
-    eprintln!("   site-b namespace {}, address {}, replica {}", dr.netns().name(), dr.address(), replica.display());
-    eprintln!("   configs {} and {}", config.display(), dr_config.display());
+    eprintln!(
+        "   site-a namespace {}, address {}",
+        site.netns().name(),
+        site.address()
+    );
+    eprintln!(
+        "   volume image {} on {}, mounted at {}",
+        vol.image().display(),
+        vol.loop_device().display(),
+        vol.mount_point().display()
+    );
+    eprintln!(
+        "   site-b namespace {}, address {}, replica {}",
+        dr.netns().name(),
+        dr.address(),
+        replica.display()
+    );
+    eprintln!(
+        "   configs {} and {}",
+        config.display(),
+        dr_config.display()
+    );
 
-    eprintln!("== agents: {} agent --config ... in each site's network namespace", bin.display());
+    eprintln!(
+        "== agents: {} agent --config ... in each site's network namespace",
+        bin.display()
+    );
     let dr_agent = Agent::start(&dr, &dr_config)?;
     let agent = Agent::start(&site, &config)?;
     agent.changed("data", true)?;
@@ -99,7 +120,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     while Instant::now() < until && !stopping() {
         thread::sleep(Duration::from_secs(1));
         print!("\x1b[H\x1b[2J");
-        println!("vfsdr demo: live `vfsdr status` ({}s left, Ctrl-C ends)\n", until.saturating_duration_since(Instant::now()).as_secs());
+        println!(
+            "vfsdr demo: live `vfsdr status` ({}s left, Ctrl-C ends)\n",
+            until.saturating_duration_since(Instant::now()).as_secs()
+        );
         print!("{}", agent.cli(["status"])?);
     }
     // SAFETY: the writer is our child, signalled by its pid.
@@ -113,10 +137,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         taken.ranges.len()
     );
 
-    println!("\n== DR resources of VFS fs1, asked at site-a, answered by site-b over the peer link");
+    println!(
+        "\n== DR resources of VFS fs1, asked at site-a, answered by site-b over the peer link"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dr_agent.cli(["vfs"])?.contains("fs1") {
-        anyhow::ensure!(Instant::now() < deadline, "site-b never received fs1's definition");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "site-b never received fs1's definition"
+        );
         thread::sleep(Duration::from_millis(200));
     }
     print!("$ vfsdr vfs   (at site-b)\n{}", dr_agent.cli(["vfs"])?);
@@ -124,9 +153,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (_, out, err) = agent.cli_status(&args)?;
         print!("$ vfsdr {}   (at site-a)\n{out}{err}", args.join(" "));
     }
-    print!("$ ip -br -d link show fs1-0   (in site-b)\n{}", dr.run("ip", ["-br", "-d", "link", "show", "fs1-0"])?);
+    print!(
+        "$ ip -br -d link show fs1-0   (in site-b)\n{}",
+        dr.run("ip", ["-br", "-d", "link", "show", "fs1-0"])?
+    );
     print!("$ vfsdr vfs   (at site-b)\n{}", dr_agent.cli(["vfs"])?);
-    print!("$ vfsdr release fs1   (at site-a)\n{}", agent.cli(["release", "fs1"])?);
+    print!(
+        "$ vfsdr release fs1   (at site-a)\n{}",
+        agent.cli(["release", "fs1"])?
+    );
 
     let exit = agent.stop()?;
     let dr_exit = dr_agent.stop()?;

@@ -35,7 +35,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if !util::is_root() {
-        bail!("the root integration tests need root (network namespaces, loop devices, mounts); run as root, or pass --unit");
+        bail!(
+            "the root integration tests need root (network namespaces, loop devices, mounts); run as root, or pass --unit"
+        );
     }
 
     eprintln!("== build with eBPF, and packages");
@@ -44,9 +46,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("== root integration tests");
     let mut cmd = util::cargo();
-    cmd.args(["test", "-p", "vfsdr-lab", "--tests", "--", "--ignored", "--test-threads=1"])
-        .env("VFSDR_BIN", root.join("target/debug/vfsdr"))
-        .env("VFSDR_PACKAGES", root.join("target/packages"));
+    cmd.args([
+        "test",
+        "-p",
+        "vfsdr-lab",
+        "--tests",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ])
+    .env("VFSDR_BIN", root.join("target/debug/vfsdr"))
+    .env("VFSDR_PACKAGES", root.join("target/packages"));
     if let Some(f) = &args.only {
         cmd.arg(f);
     }

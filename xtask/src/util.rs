@@ -22,7 +22,9 @@ pub fn tools_dir() -> PathBuf {
 /// PATH with the project's tool directory first, for child cargo invocations.
 pub fn path_with_tools() -> std::ffi::OsString {
     let mut dirs = vec![tools_dir().join("bin")];
-    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     std::env::join_paths(dirs).expect("PATH entries are valid")
 }
 

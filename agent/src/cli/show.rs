@@ -68,7 +68,11 @@ pub fn status(r: &StatusReport) -> String {
         );
     }
     if !r.peers.is_empty() {
-        let _ = writeln!(o, "\n{:<16} {:<12} {:>8}  LAST ERROR", "PEER", "REACHABLE", "RTT");
+        let _ = writeln!(
+            o,
+            "\n{:<16} {:<12} {:>8}  LAST ERROR",
+            "PEER", "REACHABLE", "RTT"
+        );
         for (name, h) in &r.peers {
             let _ = writeln!(
                 o,
@@ -81,7 +85,11 @@ pub fn status(r: &StatusReport) -> String {
         }
     }
     if !r.replication.is_empty() {
-        let _ = writeln!(o, "\n{:<12} {:>8} {:>10} {:>12} {:>12} {:>10}  CONSISTENT POINT (unix s)", "VFS", "CYCLE", "SNAPSHOT", "CHANGED", "WIRE", "FREEZE");
+        let _ = writeln!(
+            o,
+            "\n{:<12} {:>8} {:>10} {:>12} {:>12} {:>10}  CONSISTENT POINT (unix s)",
+            "VFS", "CYCLE", "SNAPSHOT", "CHANGED", "WIRE", "FREEZE"
+        );
         for c in &r.replication {
             let _ = writeln!(
                 o,
@@ -124,7 +132,11 @@ pub fn changes(c: &Changes) -> String {
         bytes((c.blocks * c.block_size) as f64),
         c.ranges.len(),
         c.since_unix_s,
-        if c.incomplete { " (INCOMPLETE: extents were dropped)" } else { "" }
+        if c.incomplete {
+            " (INCOMPLETE: extents were dropped)"
+        } else {
+            ""
+        }
     );
     for r in &c.ranges {
         let _ = writeln!(o, "{}-{}", r.start, r.end - 1);

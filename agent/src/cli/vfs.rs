@@ -28,15 +28,35 @@ pub fn purpose(words: &[String]) -> anyhow::Result<(Purpose, Option<config::VfsD
     match words {
         [] => Ok((Purpose::Failover, None)),
         [w] if w == "failover" => Ok((Purpose::Failover, None)),
-        [w, file] if w == "change" => Ok((Purpose::Change, Some(config::parse_vfs_file(&PathBuf::from(file))?))),
-        [w] if w == "change" => bail!("--for change needs the file with the proposed definition: --for change FILE"),
-        _ => bail!("--for takes `failover` or `change FILE`, got `{}`", words.join(" ")),
+        [w, file] if w == "change" => Ok((
+            Purpose::Change,
+            Some(config::parse_vfs_file(&PathBuf::from(file))?),
+        )),
+        [w] if w == "change" => {
+            bail!("--for change needs the file with the proposed definition: --for change FILE")
+        }
+        _ => bail!(
+            "--for takes `failover` or `change FILE`, got `{}`",
+            words.join(" ")
+        ),
     }
 }
 
-pub fn precheck(socket: &std::path::Path, vfs: String, words: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub fn precheck(
+    socket: &std::path::Path,
+    vfs: String,
+    words: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let (purpose, change) = purpose(words)?;
-    let report = match api::call(socket, &Request::Precheck { vfs, purpose, change })? {
+    let report = match api::call(
+        socket,
+        &Request::Precheck {
+            vfs,
+            purpose,
+            change,
+        },
+    )? {
         Response::Precheck(r) => r,
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
@@ -46,7 +66,11 @@ pub fn precheck(socket: &std::path::Path, vfs: String, words: &[String], json: b
     } else {
         print!("{}", render_report(&report));
     }
-    Ok(if report.sufficient { ExitCode::SUCCESS } else { ExitCode::from(INSUFFICIENT) })
+    Ok(if report.sufficient {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INSUFFICIENT)
+    })
 }
 
 pub fn reserve(
@@ -57,7 +81,14 @@ pub fn reserve(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (purpose, change) = purpose(words)?;
-    let report = match api::call(socket, &Request::Precheck { vfs: vfs.clone(), purpose, change: change.clone() })? {
+    let report = match api::call(
+        socket,
+        &Request::Precheck {
+            vfs: vfs.clone(),
+            purpose,
+            change: change.clone(),
+        },
+    )? {
         Response::Precheck(r) => r,
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
@@ -70,7 +101,9 @@ pub fn reserve(
             None if std::io::stdin().is_terminal() => ask(&report)?,
             None => {
                 eprint!("{}", render_report(&report));
-                eprintln!("resources are short and there is no terminal to ask: aborting (use --on-shortage proceed to reserve what is there)");
+                eprintln!(
+                    "resources are short and there is no terminal to ask: aborting (use --on-shortage proceed to reserve what is there)"
+                );
                 OnShortage::Abort
             }
         };
@@ -85,7 +118,14 @@ pub fn reserve(
         }
         true
     };
-    let outcome = match api::call(socket, &Request::Reserve { vfs, change, proceed })? {
+    let outcome = match api::call(
+        socket,
+        &Request::Reserve {
+            vfs,
+            change,
+            proceed,
+        },
+    )? {
         Response::Reserved(o) => o,
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
@@ -95,14 +135,21 @@ pub fn reserve(
     } else {
         print!("{}", render_outcome(&outcome));
     }
-    Ok(if outcome.reserved { ExitCode::SUCCESS } else { ExitCode::from(INSUFFICIENT) })
+    Ok(if outcome.reserved {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INSUFFICIENT)
+    })
 }
 
 /// Shows the shortages and asks: terminate or proceed.
 fn ask(report: &Report) -> anyhow::Result<OnShortage> {
     print!("{}", render_report(report));
     loop {
-        print!("Resources at {} are short for {}. [t]erminate or [p]roceed and reserve what is there? ", report.site, report.vfs);
+        print!(
+            "Resources at {} are short for {}. [t]erminate or [p]roceed and reserve what is there? ",
+            report.site, report.vfs
+        );
         std::io::stdout().flush()?;
         let mut line = String::new();
         if std::io::stdin().lock().read_line(&mut line)? == 0 {
@@ -170,9 +217,16 @@ pub fn snapshots(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
                 println!("{}", serde_json::to_string_pretty(&snapshots)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:>8} {:>12} {:>6} {:>12} {:>12}  IMAGES ({vfs})", "ID", "CREATED", "EPOCH", "CHANGED", "SHIPPED");
+            println!(
+                "{:>8} {:>12} {:>6} {:>12} {:>12}  IMAGES ({vfs})",
+                "ID", "CREATED", "EPOCH", "CHANGED", "SHIPPED"
+            );
             for s in &snapshots {
-                let images: Vec<String> = s.images.iter().map(|i| i.path.display().to_string()).collect();
+                let images: Vec<String> = s
+                    .images
+                    .iter()
+                    .map(|i| i.path.display().to_string())
+                    .collect();
                 println!(
                     "{:>8} {:>12} {:>6} {:>12} {:>12}  {}",
                     s.id,
@@ -197,17 +251,32 @@ pub fn list(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&vfs)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:<12} {:<8} {:>6} {:<12} RESERVED", "VFS", "ROLE", "EPOCH", "FROM");
+            println!(
+                "{:<12} {:<8} {:>6} {:<12} RESERVED",
+                "VFS", "ROLE", "EPOCH", "FROM"
+            );
             for v in &vfs {
-                let res: Vec<String> = v.reservations.iter().map(|r| format!("{} {}", r.kind.as_str(), r.resource)).collect();
+                let res: Vec<String> = v
+                    .reservations
+                    .iter()
+                    .map(|r| format!("{} {}", r.kind.as_str(), r.resource))
+                    .collect();
                 println!(
                     "{:<12} {:<8} {:>6} {:<12} {}{}",
                     v.name,
                     v.role.as_str(),
                     v.epoch,
                     v.from_site,
-                    if res.is_empty() { "-".into() } else { res.join(", ") },
-                    if v.shortages.is_empty() { String::new() } else { format!(" ({} shortages)", v.shortages.len()) }
+                    if res.is_empty() {
+                        "-".into()
+                    } else {
+                        res.join(", ")
+                    },
+                    if v.shortages.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} shortages)", v.shortages.len())
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -229,12 +298,23 @@ pub fn render_report(r: &Report) -> String {
         "precheck of {} at site {} for {purpose}: {}",
         r.vfs,
         r.site,
-        if r.sufficient { "SUFFICIENT".to_string() } else { format!("INSUFFICIENT ({} discrepancies)", r.discrepancies.len()) }
+        if r.sufficient {
+            "SUFFICIENT".to_string()
+        } else {
+            format!("INSUFFICIENT ({} discrepancies)", r.discrepancies.len())
+        }
     );
     if !r.discrepancies.is_empty() {
-        let _ = writeln!(o, "  {:<22} {:<32} {:<7} FOUND / NEEDED", "KIND", "RESOURCE", "BLOCKS");
+        let _ = writeln!(
+            o,
+            "  {:<22} {:<32} {:<7} FOUND / NEEDED",
+            "KIND", "RESOURCE", "BLOCKS"
+        );
         for d in &r.discrepancies {
-            let kind = serde_json::to_value(d.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let kind = serde_json::to_value(d.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             let _ = writeln!(
                 o,
                 "  {:<22} {:<32} {:<7} {}\n  {:<22} {:<32} {:<7} needed: {}",
@@ -250,10 +330,20 @@ pub fn render_report(r: &Report) -> String {
         }
     }
     for l in &r.links {
-        let _ = writeln!(o, "  available: interface {} {}/{} -> macvlan {} on {}", l.interface, l.address, l.prefix_len, l.name, l.parent);
+        let _ = writeln!(
+            o,
+            "  available: interface {} {}/{} -> macvlan {} on {}",
+            l.interface, l.address, l.prefix_len, l.name, l.parent
+        );
     }
     for m in &r.mounts {
-        let _ = writeln!(o, "  available: volume {} -> {} read-only from {}", m.volume, m.target.display(), m.image.display());
+        let _ = writeln!(
+            o,
+            "  available: volume {} -> {} read-only from {}",
+            m.volume,
+            m.target.display(),
+            m.image.display()
+        );
     }
     o
 }
@@ -271,7 +361,11 @@ fn render_outcome(o: &Outcome) -> String {
         "reserved for {} at site {}{}:",
         o.vfs,
         o.report.site,
-        if o.report.sufficient { String::new() } else { format!(" with {} shortages recorded", o.report.discrepancies.len()) }
+        if o.report.sufficient {
+            String::new()
+        } else {
+            format!(" with {} shortages recorded", o.report.discrepancies.len())
+        }
     );
     for st in &o.steps {
         let _ = writeln!(s, "  {:<40} {:<8} {}", st.resource, st.action, st.detail);

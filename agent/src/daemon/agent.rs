@@ -53,9 +53,7 @@ pub enum AgentError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Resource(#[from] crate::resources::ResourceError),
-    #[error(
-        "volumes {first} and {second} are the same device {device}; a device is watched once"
-    )]
+    #[error("volumes {first} and {second} are the same device {device}; a device is watched once")]
     SameDevice {
         first: String,
         second: String,
@@ -157,7 +155,10 @@ impl Agent {
     fn watch_all(&mut self, opened: Vec<Opened>) -> Result<(), AgentError> {
         let mut done = Vec::new();
         for o in &opened {
-            if let Err(e) = self.tracker.watch(self.probes.as_mut(), &o.name, o.device.dev) {
+            if let Err(e) = self
+                .tracker
+                .watch(self.probes.as_mut(), &o.name, o.device.dev)
+            {
                 for name in done {
                     let _ = self.tracker.unwatch(self.probes.as_mut(), name);
                 }
@@ -191,19 +192,33 @@ impl Agent {
     /// released, new ones are opened and watched. New volumes are all opened before anything is
     /// released, so a volume that cannot be opened leaves the running state untouched.
     pub fn apply(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
-        let stays = |o: &Opened| new.volumes.iter().any(|v| v.name == o.name && v.source == o.source);
+        let stays = |o: &Opened| {
+            new.volumes
+                .iter()
+                .any(|v| v.name == o.name && v.source == o.source)
+        };
         let to_add: Vec<config::Volume> = new
             .volumes
             .iter()
-            .filter(|v| !self.opened.iter().any(|o| o.name == v.name && o.source == v.source))
+            .filter(|v| {
+                !self
+                    .opened
+                    .iter()
+                    .any(|o| o.name == v.name && o.source == v.source)
+            })
             .cloned()
             .collect();
-        let leaving: Vec<String> =
-            self.opened.iter().filter(|o| !stays(o)).map(|o| o.name.clone()).collect();
+        let leaving: Vec<String> = self
+            .opened
+            .iter()
+            .filter(|o| !stays(o))
+            .map(|o| o.name.clone())
+            .collect();
         let opened = self.open_all(&to_add, &leaving)?;
 
-        let (keep, release): (Vec<Opened>, Vec<Opened>) =
-            std::mem::take(&mut self.opened).into_iter().partition(stays);
+        let (keep, release): (Vec<Opened>, Vec<Opened>) = std::mem::take(&mut self.opened)
+            .into_iter()
+            .partition(stays);
         self.opened = keep;
         for o in &release {
             self.tracker.unwatch(self.probes.as_mut(), &o.name)?;
@@ -241,7 +256,9 @@ impl Agent {
     /// Answers a local API request, or says which peer must answer it.
     pub fn handle(&mut self, request: Request) -> Handled {
         match request {
-            Request::Status | Request::Changed { .. } => Handled::Now(self.handle_tracking(request)),
+            Request::Status | Request::Changed { .. } => {
+                Handled::Now(self.handle_tracking(request))
+            }
             other => self.handle_vfs(other),
         }
     }
@@ -255,7 +272,10 @@ impl Agent {
         }
         let result = match request {
             Request::Status => Ok(Response::Status(self.status())),
-            Request::Changed { volume, take: false } => self.tracker.changed(&volume).map(Response::Changed),
+            Request::Changed {
+                volume,
+                take: false,
+            } => self.tracker.changed(&volume).map(Response::Changed),
             Request::Changed { volume, take: true } => {
                 let r = self.tracker.take_mark(&volume);
                 if let Ok(c) = &r {

@@ -77,13 +77,15 @@ impl AsRawFd for WakeFd {
     }
 }
 
+/// Definitions each peer acknowledged: (peer, vfs) -> (epoch, definition).
+type Acked = Arc<Mutex<HashMap<(String, String), (u64, crate::config::VfsDef)>>>;
+
 /// The peer link's pieces the main loop uses.
 struct PeerLink {
     ctx: Arc<PeerContext>,
     clients: HashMap<String, Arc<PeerClient>>,
     status: PeerStatus,
-    /// Definitions each peer acknowledged: (peer, vfs) -> (epoch, definition).
-    acked: Arc<Mutex<HashMap<(String, String), (u64, crate::config::VfsDef)>>>,
+    acked: Acked,
     last_full_push: Instant,
     _tasks: JoinSet<()>,
     _heartbeats: JoinSet<()>,
@@ -126,7 +128,8 @@ impl PeerLink {
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = config::load(config_path)?;
     // Absolute, so a reload reads the same file whatever the working directory.
-    let config_path = &std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
+    let config_path =
+        &std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
     let site = config.site.name.clone();
     let store = Store::open(&config.state_dir)?;
     let kernel = Kernel {
@@ -159,7 +162,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         let path = path.to_owned();
         move |source| DaemonError::Io { op, path, source }
     };
-    let mut term = signal(SignalKind::terminate()).map_err(io_err("signal", Path::new("SIGTERM")))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(io_err("signal", Path::new("SIGTERM")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("signal", Path::new("SIGINT")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("signal", Path::new("SIGHUP")))?;
     let wake = match agent.wakeup_fd() {
@@ -286,19 +290,30 @@ fn push_definitions(agent: &Agent, link: Option<&mut PeerLink>) {
                     tracing::info!(site = %site, vfs = %vfs, peer = %peer, event = "definition_pushed", "definition acknowledged by the DR site");
                     acked.lock().expect("not poisoned").insert(key, entry);
                 }
-                Ok(Message::Error { message }) | Err(peer::PeerError::Remote { message, .. }) => tracing::error!(site = %site, vfs = %vfs, peer = %peer,
-                    event = "definition_refused", reason = %message, "DR site refused the definition"),
-                Ok(other) => tracing::error!(site = %site, vfs = %vfs, peer = %peer, event = "definition_refused",
-                    reason = other.kind(), "unexpected answer to a definition"),
-                Err(e) => tracing::warn!(site = %site, vfs = %vfs, peer = %peer, event = "push_failed",
-                    error = %e, "cannot send the definition; will retry"),
+                Ok(Message::Error { message }) | Err(peer::PeerError::Remote { message, .. }) => {
+                    tracing::error!(site = %site, vfs = %vfs, peer = %peer,
+                    event = "definition_refused", reason = %message, "DR site refused the definition")
+                }
+                Ok(other) => {
+                    tracing::error!(site = %site, vfs = %vfs, peer = %peer, event = "definition_refused",
+                    reason = other.kind(), "unexpected answer to a definition")
+                }
+                Err(e) => {
+                    tracing::warn!(site = %site, vfs = %vfs, peer = %peer, event = "push_failed",
+                    error = %e, "cannot send the definition; will retry")
+                }
             }
         });
     }
 }
 
 /// Sends a request for a VFS active here to its DR site and answers the local caller.
-fn forward(link: Option<&PeerLink>, peer: &str, message: Message, reply: oneshot::Sender<Response>) {
+fn forward(
+    link: Option<&PeerLink>,
+    peer: &str,
+    message: Message,
+    reply: oneshot::Sender<Response>,
+) {
     let client = link.and_then(|l| l.clients.get(peer).cloned());
     let Some(client) = client else {
         let _ = reply.send(Response::Error {
@@ -368,33 +383,56 @@ impl Cycles {
         let refusal = if self.running.contains(&def.name) {
             Some(format!("a cycle of {} is already running", def.name))
         } else if link.is_none() {
-            Some(format!("VFS {}: this site has no peer link (site.tls, peers)", def.name))
+            Some(format!(
+                "VFS {}: this site has no peer link (site.tls, peers)",
+                def.name
+            ))
         } else if agent.config().resources.pool.is_none() {
-            Some(format!("VFS {}: this site has no pool (resources.pool)", def.name))
+            Some(format!(
+                "VFS {}: this site has no pool (resources.pool)",
+                def.name
+            ))
         } else {
             None
         };
-        let (Some(link), Some(pool), None) =
-            (link, agent.config().resources.pool.as_ref().map(|p| p.path.clone()), refusal.clone())
-        else {
+        let (Some(link), Some(pool), None) = (
+            link,
+            agent
+                .config()
+                .resources
+                .pool
+                .as_ref()
+                .map(|p| p.path.clone()),
+            refusal.clone(),
+        ) else {
             if let Some(r) = reply {
-                let _ = r.send(Response::Error { message: refusal.unwrap_or_default() });
+                let _ = r.send(Response::Error {
+                    message: refusal.unwrap_or_default(),
+                });
             }
             return;
         };
         let interval = Duration::from_secs(def.replication.interval_s);
-        self.next_due.insert(def.name.clone(), Instant::now() + interval);
+        self.next_due
+            .insert(def.name.clone(), Instant::now() + interval);
         self.running.insert(def.name.clone());
-        let job = replicate::CycleJob { def, pool, state_dir: agent.config().state_dir.clone(), ctx: link.ctx.clone() };
+        let job = replicate::CycleJob {
+            def,
+            pool,
+            state_dir: agent.config().state_dir.clone(),
+            ctx: link.ctx.clone(),
+        };
         let vfs = job.def.name.clone();
         let done = done.clone();
-        let spawned = std::thread::Builder::new().name(format!("cycle-{vfs}")).spawn({
-            let vfs = vfs.clone();
-            move || {
-                let result = replicate::run_cycle(job).map_err(|e| e.to_string());
-                let _ = done.send(CycleDone { vfs, result, reply });
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name(format!("cycle-{vfs}"))
+            .spawn({
+                let vfs = vfs.clone();
+                move || {
+                    let result = replicate::run_cycle(job).map_err(|e| e.to_string());
+                    let _ = done.send(CycleDone { vfs, result, reply });
+                }
+            });
         if let Err(e) = spawned {
             self.running.remove(&vfs);
             tracing::error!(vfs = %vfs, event = "cycle_failed", error = %e, "cannot start the cycle thread");
@@ -457,7 +495,10 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) {
     let response = match reader.read_line(&mut line).await {
         Ok(0) => return,
         Ok(_) if !line.ends_with('\n') => Response::Error {
-            message: format!("bad request: longer than {} bytes or not terminated by a newline", api::MAX_LINE),
+            message: format!(
+                "bad request: longer than {} bytes or not terminated by a newline",
+                api::MAX_LINE
+            ),
         },
         Ok(_) => match api::parse_request(&line) {
             Ok(request) => {

@@ -47,14 +47,22 @@ pub fn accept(conn: DataConn, config: &Config) {
                 return;
             }
         };
-        let sink = Sink { store, images: Box::new(SystemImages::new()), pool };
+        let sink = Sink {
+            store,
+            images: Box::new(SystemImages::new()),
+            pool,
+        };
         let started = Instant::now();
         match session::receive(conn.stream, &conn.from, sink).await {
-            Ok(s) => tracing::info!(site = %site, vfs = %s.vfs, peer = %conn.from, event = "cycle_committed",
+            Ok(s) => {
+                tracing::info!(site = %site, vfs = %s.vfs, peer = %conn.from, event = "cycle_committed",
                 cycle = s.cycle, snapshot = s.id, changed_bytes = s.changed_bytes, shipped_bytes = s.shipped_bytes,
-                duration_ms = started.elapsed().as_millis() as u64, "snapshot committed"),
-            Err(e) => tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
-                error = %e, "cycle refused; the replicas stay at the last snapshot"),
+                duration_ms = started.elapsed().as_millis() as u64, "snapshot committed")
+            }
+            Err(e) => {
+                tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
+                error = %e, "cycle refused; the replicas stay at the last snapshot")
+            }
         }
     });
 }
@@ -105,7 +113,10 @@ pub enum CycleFailure {
 /// Runs one cycle of `job.def` to its DR site, on the calling thread (with a runtime of its own).
 pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
     let vfs = job.def.name.clone();
-    let setup = |what: String| CycleFailure::Setup { vfs: vfs.clone(), what };
+    let setup = |what: String| CycleFailure::Setup {
+        vfs: vfs.clone(),
+        what,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,11 +128,19 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
         .def
         .volumes
         .iter()
-        .map(|v| SourceVolume { name: v.name.clone(), image: volume_image(&job.pool, &vfs, &v.name), mount: v.mount.clone() })
+        .map(|v| SourceVolume {
+            name: v.name.clone(),
+            image: volume_image(&job.pool, &vfs, &v.name),
+            mount: v.mount.clone(),
+        })
         .collect();
     for v in &volumes {
         if !images.exists(&v.image) {
-            return Err(setup(format!("volume {} has no image at {}", v.name, v.image.display())));
+            return Err(setup(format!(
+                "volume {} has no image at {}",
+                v.name,
+                v.image.display()
+            )));
         }
     }
     // The previous point, if its clones are all still there.
@@ -130,9 +149,16 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
         let clones: Vec<PathBuf> = serde_json::from_value(s.clones.clone()).ok()?;
         let cycle = s.last_acked?;
         (s.initial_done && clones.len() == volumes.len() && clones.iter().all(|c| images.exists(c)))
-            .then_some(Point { cycle, clones, freeze_window: Default::default() })
+            .then_some(Point {
+                cycle,
+                clones,
+                freeze_window: Default::default(),
+            })
     });
-    let cycle = state.as_ref().and_then(|s| s.last_acked).map_or(1, |c| c + 1);
+    let cycle = state
+        .as_ref()
+        .and_then(|s| s.last_acked)
+        .map_or(1, |c| c + 1);
     let clones_dir = job.pool.join("clones").join(&vfs);
     let started = Instant::now();
     let point = take_point(&mut images, &volumes, cycle, &clones_dir)?;
@@ -154,16 +180,29 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
             cycle,
             epoch,
             base: prev.as_ref().map(|p| p.cycle),
-            volumes: volumes.iter().zip(sizes).map(|(v, size)| VolumeInfo { name: v.name.clone(), size }).collect(),
+            volumes: volumes
+                .iter()
+                .zip(sizes)
+                .map(|(v, size)| VolumeInfo {
+                    name: v.name.clone(),
+                    size,
+                })
+                .collect(),
         };
         let peer = job.def.replication.peer.clone();
         let codec = Codec::from(job.def.replication.compression);
         let limit = job.def.replication.bandwidth_limit_bytes_per_s;
         let sent = rt.block_on(async {
-            let client = PeerClient::new(job.ctx.clone(), job.ctx.peer(&peer).cloned().ok_or_else(|| {
-                crate::peer::PeerError::UnknownPeer { peer: peer.clone() }
-            })?)?;
-            let stream = client.open_data(DataPurpose::Replication { vfs: vfs.clone() }).await?;
+            let client = PeerClient::new(
+                job.ctx.clone(),
+                job.ctx
+                    .peer(&peer)
+                    .cloned()
+                    .ok_or_else(|| crate::peer::PeerError::UnknownPeer { peer: peer.clone() })?,
+            )?;
+            let stream = client
+                .open_data(DataPurpose::Replication { vfs: vfs.clone() })
+                .await?;
             let pieces = Pieces::new(&mut images, &point, &d);
             Ok::<_, CycleFailure>(session::send(stream, &begin, pieces, codec, limit).await?)
         })?;
@@ -171,7 +210,11 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
     })();
     match result {
         Ok((sent, changed, zeroed)) => {
-            store.source_acked(&vfs, cycle, &serde_json::to_value(&point.clones).unwrap_or_default())?;
+            store.source_acked(
+                &vfs,
+                cycle,
+                &serde_json::to_value(&point.clones).unwrap_or_default(),
+            )?;
             if let Some(p) = &prev {
                 let _ = drop_point(&mut images, p);
             }

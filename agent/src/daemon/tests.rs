@@ -64,7 +64,12 @@ fn start(volumes: &[(&str, VolumeSource)]) -> Result<(Agent, FakeProbes), AgentE
         links: Box::new(FakeLinks::default()),
         mounts: Box::new(FakeMounts::new()),
     };
-    let agent = Agent::start("/etc/vfsdr/vfsdr.yaml".as_ref(), config(volumes), kernel, store)?;
+    let agent = Agent::start(
+        "/etc/vfsdr/vfsdr.yaml".as_ref(),
+        config(volumes),
+        kernel,
+        store,
+    )?;
     // The store's directory may go: the connection keeps the (unlinked) database open.
     drop(dir);
     Ok((agent, probes))
@@ -83,13 +88,17 @@ fn a_missing_device_stops_the_start_and_names_it() {
     let e = start(&[("data", dev("/dev/vdb")), ("logs", dev("/dev/nope"))])
         .err()
         .expect("must refuse to start");
-    assert!(matches!(&e, AgentError::Volume(VolumeError::NotFound { volume, .. }) if volume == "logs"));
+    assert!(
+        matches!(&e, AgentError::Volume(VolumeError::NotFound { volume, .. }) if volume == "logs")
+    );
     assert_eq!(e.to_string(), "volume logs: /dev/nope does not exist");
 }
 
 #[test]
 fn the_same_device_twice_is_refused() {
-    let e = start(&[("a", dev("/dev/vdb")), ("b", dev("/dev/vdb"))]).err().unwrap();
+    let e = start(&[("a", dev("/dev/vdb")), ("b", dev("/dev/vdb"))])
+        .err()
+        .unwrap();
     assert_eq!(
         e.to_string(),
         "volumes a and b are the same device 254:16; a device is watched once"
@@ -98,7 +107,8 @@ fn the_same_device_twice_is_refused() {
 
 #[test]
 fn status_and_changes_through_the_api() {
-    let (mut agent, probes) = start(&[("data", dev("/dev/vdb")), ("pool", img("/pool/a.img"))]).unwrap();
+    let (mut agent, probes) =
+        start(&[("data", dev("/dev/vdb")), ("pool", img("/pool/a.img"))]).unwrap();
     probes.write(DevId::new(254, 16), EXTENT_WRITE, 8, 8);
     let Response::Status(s) = now(agent.handle(Request::Status)) else {
         panic!("status")
@@ -129,11 +139,22 @@ fn apply_adds_and_removes_volumes_and_keeps_marks_of_the_others() {
     probes.write(DevId::new(254, 16), EXTENT_WRITE, 0, 8);
     agent.poll().unwrap();
     let s = agent
-        .apply(config(&[("data", dev("/dev/vdb")), ("logs", dev("/dev/vdc"))]))
+        .apply(config(&[
+            ("data", dev("/dev/vdb")),
+            ("logs", dev("/dev/vdc")),
+        ]))
         .unwrap();
-    assert_eq!((s.added, s.removed, s.kept), (vec!["logs".to_string()], vec![], vec!["data".to_string()]));
-    let Response::Status(st) = now(agent.handle(Request::Status)) else { panic!() };
-    assert_eq!(st.tracking.volumes[0].changed_blocks, 1, "the kept volume keeps its changes");
+    assert_eq!(
+        (s.added, s.removed, s.kept),
+        (vec!["logs".to_string()], vec![], vec!["data".to_string()])
+    );
+    let Response::Status(st) = now(agent.handle(Request::Status)) else {
+        panic!()
+    };
+    assert_eq!(
+        st.tracking.volumes[0].changed_blocks, 1,
+        "the kept volume keeps its changes"
+    );
     let s = agent.apply(config(&[("logs", dev("/dev/vdc"))])).unwrap();
     assert_eq!(s.removed, ["data"]);
     assert_eq!(probes.state.lock().unwrap().watched.len(), 1);
@@ -144,19 +165,32 @@ fn a_failing_apply_changes_nothing() {
     let (mut agent, probes) = start(&[("data", dev("/dev/vdb"))]).unwrap();
     let before = agent.config().clone();
     let e = agent
-        .apply(config(&[("logs", dev("/dev/vdc")), ("bad", dev("/dev/missing"))]))
+        .apply(config(&[
+            ("logs", dev("/dev/vdc")),
+            ("bad", dev("/dev/missing")),
+        ]))
         .unwrap_err();
-    assert!(e.to_string().contains("volume bad: /dev/missing does not exist"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("volume bad: /dev/missing does not exist"),
+        "{e}"
+    );
     assert_eq!(agent.config(), &before);
     let s = probes.state.lock().unwrap();
-    assert_eq!(s.watched.keys().copied().collect::<Vec<_>>(), [DevId::new(254, 16)]);
+    assert_eq!(
+        s.watched.keys().copied().collect::<Vec<_>>(),
+        [DevId::new(254, 16)]
+    );
 }
 
 #[test]
 fn a_device_may_move_to_another_name_on_reload() {
     let (mut agent, probes) = start(&[("old", dev("/dev/vdb"))]).unwrap();
     let s = agent.apply(config(&[("new", dev("/dev/vdb"))])).unwrap();
-    assert_eq!((s.added, s.removed), (vec!["new".to_string()], vec!["old".to_string()]));
+    assert_eq!(
+        (s.added, s.removed),
+        (vec!["new".to_string()], vec!["old".to_string()])
+    );
     assert_eq!(probes.state.lock().unwrap().watched.len(), 1);
 }
 
@@ -170,25 +204,54 @@ mod vfs {
     fn a_definition_from_the_active_site_is_kept_as_standby() {
         let (mut agent, _) = start(&[]).unwrap();
         let def = test_vfs("fs1", "site-a", MNT);
-        let answer = agent.handle_peer("site-x", Message::PushDefinition { vfs: def.clone(), epoch: 3 });
+        let answer = agent.handle_peer(
+            "site-x",
+            Message::PushDefinition {
+                vfs: def.clone(),
+                epoch: 3,
+            },
+        );
         assert_eq!(answer, Message::Ack);
-        let Response::Vfs { vfs } = now(agent.handle(Request::ListVfs)) else { panic!() };
-        assert_eq!((vfs[0].name.as_str(), vfs[0].epoch, vfs[0].from_site.as_str()), ("fs1", 3, "site-x"));
+        let Response::Vfs { vfs } = now(agent.handle(Request::ListVfs)) else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                vfs[0].name.as_str(),
+                vfs[0].epoch,
+                vfs[0].from_site.as_str()
+            ),
+            ("fs1", 3, "site-x")
+        );
         assert_eq!(vfs[0].role, crate::state::Role::Standby);
         // Another site may not run resource requests for it.
         let Message::Error { message } = agent.handle_peer(
             "site-y",
-            Message::Precheck { vfs: "fs1".into(), purpose: Purpose::Failover, change: None },
+            Message::Precheck {
+                vfs: "fs1".into(),
+                purpose: Purpose::Failover,
+                change: None,
+            },
         ) else {
             panic!()
         };
-        assert_eq!(message, "site site-y does not own VFS fs1 (its definition came from site-x)");
+        assert_eq!(
+            message,
+            "site site-y does not own VFS fs1 (its definition came from site-x)"
+        );
         // The owner may.
         let answer = agent.handle_peer(
             "site-x",
-            Message::Precheck { vfs: "fs1".into(), purpose: Purpose::Failover, change: None },
+            Message::Precheck {
+                vfs: "fs1".into(),
+                purpose: Purpose::Failover,
+                change: None,
+            },
         );
-        assert!(matches!(answer, Message::PrecheckReport { .. }), "{answer:?}");
+        assert!(
+            matches!(answer, Message::PrecheckReport { .. }),
+            "{answer:?}"
+        );
     }
 
     #[test]
@@ -196,18 +259,32 @@ mod vfs {
         let (mut agent, _) = start(&[]).unwrap();
         let mut bad = test_vfs("fs1", "site-a", MNT);
         bad.volumes[0].mount = "relative/path".into();
-        let Message::Error { message } = agent.handle_peer("site-x", Message::PushDefinition { vfs: bad, epoch: 1 })
+        let Message::Error { message } =
+            agent.handle_peer("site-x", Message::PushDefinition { vfs: bad, epoch: 1 })
         else {
             panic!()
         };
-        assert!(message.starts_with("definition of VFS fs1 from site site-x refused: "), "{message}");
+        assert!(
+            message.starts_with("definition of VFS fs1 from site site-x refused: "),
+            "{message}"
+        );
         let other_dr = test_vfs("fs1", "site-z", MNT);
-        let Message::Error { message } = agent.handle_peer("site-x", Message::PushDefinition { vfs: other_dr, epoch: 1 })
-        else {
+        let Message::Error { message } = agent.handle_peer(
+            "site-x",
+            Message::PushDefinition {
+                vfs: other_dr,
+                epoch: 1,
+            },
+        ) else {
             panic!()
         };
-        assert_eq!(message, "VFS fs1 from site site-x names site-z as its DR site, not site-a");
-        let Response::Vfs { vfs } = now(agent.handle(Request::ListVfs)) else { panic!() };
+        assert_eq!(
+            message,
+            "VFS fs1 from site site-x names site-z as its DR site, not site-a"
+        );
+        let Response::Vfs { vfs } = now(agent.handle(Request::ListVfs)) else {
+            panic!()
+        };
         assert!(vfs.is_empty());
         let Response::Error { message } = now(agent.handle(Request::Precheck {
             vfs: "nope".into(),
@@ -216,7 +293,10 @@ mod vfs {
         })) else {
             panic!()
         };
-        assert!(message.starts_with("unknown VFS nope: site site-a has no definition of it"), "{message}");
+        assert!(
+            message.starts_with("unknown VFS nope: site site-a has no definition of it"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -231,22 +311,49 @@ mod vfs {
             links: Box::new(FakeLinks::default()),
             mounts: Box::new(FakeMounts::new()),
         };
-        let mut agent = Agent::start("/c.yaml".as_ref(), cfg, kernel, Store::open(dir.path()).unwrap()).unwrap();
-        match agent.handle(Request::Reserve { vfs: "fs1".into(), change: None, proceed: false }) {
-            Handled::Forward { peer, message: Message::Reserve { vfs, proceed: false, .. } } => {
+        let mut agent = Agent::start(
+            "/c.yaml".as_ref(),
+            cfg,
+            kernel,
+            Store::open(dir.path()).unwrap(),
+        )
+        .unwrap();
+        match agent.handle(Request::Reserve {
+            vfs: "fs1".into(),
+            change: None,
+            proceed: false,
+        }) {
+            Handled::Forward {
+                peer,
+                message:
+                    Message::Reserve {
+                        vfs,
+                        proceed: false,
+                        ..
+                    },
+            } => {
                 assert_eq!((peer.as_str(), vfs.as_str()), ("site-b", "fs1"));
             }
             other => panic!("{other:?}"),
         }
         let pushes = agent.pushes().unwrap();
         assert_eq!(pushes.len(), 1);
-        assert!(matches!(&pushes[0], (p, Message::PushDefinition { epoch: 1, .. }) if p == "site-b"));
+        assert!(
+            matches!(&pushes[0], (p, Message::PushDefinition { epoch: 1, .. }) if p == "site-b")
+        );
         // A peer cannot make this site a standby of its own active VFS.
-        let Message::Error { message } =
-            agent.handle_peer("site-b", Message::PushDefinition { vfs: test_vfs("fs1", "site-a", MNT), epoch: 9 })
-        else {
+        let Message::Error { message } = agent.handle_peer(
+            "site-b",
+            Message::PushDefinition {
+                vfs: test_vfs("fs1", "site-a", MNT),
+                epoch: 9,
+            },
+        ) else {
             panic!()
         };
-        assert_eq!(message, "VFS fs1 is active at site site-a; it cannot be a standby here");
+        assert_eq!(
+            message,
+            "VFS fs1 is active at site site-a; it cannot be a standby here"
+        );
     }
 }

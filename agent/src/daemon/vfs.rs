@@ -23,7 +23,9 @@ impl Agent {
     pub(super) fn record_local_definitions(&mut self) -> Result<(), AgentError> {
         for def in self.config.vfs.clone() {
             let epoch = self.store.definition(&def.name)?.map_or(1, |s| s.epoch);
-            let change = self.store.put_definition(&def, Role::Active, epoch, &self.config.site.name)?;
+            let change =
+                self.store
+                    .put_definition(&def, Role::Active, epoch, &self.config.site.name)?;
             tracing::info!(site = %self.config.site.name, vfs = %def.name, event = "definition_recorded",
                 epoch, change = ?change, "VFS defined here, active");
         }
@@ -37,7 +39,10 @@ impl Agent {
             let epoch = self.store.definition(&def.name)?.map_or(1, |s| s.epoch);
             out.push((
                 def.replication.peer.clone(),
-                Message::PushDefinition { vfs: def.clone(), epoch },
+                Message::PushDefinition {
+                    vfs: def.clone(),
+                    epoch,
+                },
             ));
         }
         Ok(out)
@@ -66,12 +71,28 @@ impl Agent {
     pub(super) fn handle_vfs(&mut self, request: Request) -> Handled {
         let (vfs, message) = match request {
             Request::ListVfs => return Handled::Now(self.list_vfs()),
-            Request::Precheck { vfs, purpose, change } => {
-                let m = Message::Precheck { vfs: vfs.clone(), purpose, change };
+            Request::Precheck {
+                vfs,
+                purpose,
+                change,
+            } => {
+                let m = Message::Precheck {
+                    vfs: vfs.clone(),
+                    purpose,
+                    change,
+                };
                 (vfs, m)
             }
-            Request::Reserve { vfs, change, proceed } => {
-                let m = Message::Reserve { vfs: vfs.clone(), change, proceed };
+            Request::Reserve {
+                vfs,
+                change,
+                proceed,
+            } => {
+                let m = Message::Reserve {
+                    vfs: vfs.clone(),
+                    change,
+                    proceed,
+                };
                 (vfs, m)
             }
             Request::Release { vfs } => (vfs.clone(), Message::Release { vfs }),
@@ -80,7 +101,10 @@ impl Agent {
                 return match self.local_definition(&vfs) {
                     Some(def) => Handled::Cycle(def.clone()),
                     None => Handled::Now(Response::Error {
-                        message: format!("VFS {vfs} is not active at site {}; replication runs at its active site", self.site_name()),
+                        message: format!(
+                            "VFS {vfs} is not active at site {}; replication runs at its active site",
+                            self.site_name()
+                        ),
                     }),
                 };
             }
@@ -92,7 +116,10 @@ impl Agent {
         };
         // Active here: the DR site answers.
         if let Some(def) = self.local_definition(&vfs) {
-            return Handled::Forward { peer: def.replication.peer.clone(), message };
+            return Handled::Forward {
+                peer: def.replication.peer.clone(),
+                message,
+            };
         }
         let site = self.site_name().to_owned();
         Handled::Now(answer_to_response(self.run_here(&site, message)))
@@ -106,7 +133,11 @@ impl Agent {
                 self.run_here(from, m)
             }
             other => Message::Error {
-                message: format!("site {} does not take {} requests", self.site_name(), other.kind()),
+                message: format!(
+                    "site {} does not take {} requests",
+                    self.site_name(),
+                    other.kind()
+                ),
             },
         }
     }
@@ -132,7 +163,10 @@ impl Agent {
             ));
         }
         if self.local_definition(&def.name).is_some() {
-            return refuse(format!("VFS {} is active at site {site}; it cannot be a standby here", def.name));
+            return refuse(format!(
+                "VFS {} is active at site {site}; it cannot be a standby here",
+                def.name
+            ));
         }
         match self.store.put_definition(&def, Role::Standby, epoch, from) {
             Ok(change) => {
@@ -148,24 +182,43 @@ impl Agent {
     /// site) or for the active site `from`, which must be where the definition came from.
     fn run_here(&mut self, from: &str, message: Message) -> Message {
         let result = match message {
-            Message::Precheck { vfs, purpose, change } => self
+            Message::Precheck {
+                vfs,
+                purpose,
+                change,
+            } => self
                 .definition_for(from, &vfs, change)
                 .and_then(|def| self.precheck(&def, purpose))
                 .map(|report| Message::PrecheckReport { report }),
-            Message::Reserve { vfs, change, proceed } => {
-                let purpose = if change.is_some() { Purpose::Change } else { Purpose::Failover };
+            Message::Reserve {
+                vfs,
+                change,
+                proceed,
+            } => {
+                let purpose = if change.is_some() {
+                    Purpose::Change
+                } else {
+                    Purpose::Failover
+                };
                 self.definition_for(from, &vfs, change)
                     .and_then(|def| self.reserve(&def, purpose, proceed))
                     .map(|outcome| Message::Reserved { outcome })
             }
-            Message::Release { vfs } => self.release(from, &vfs).map(|steps| Message::Released { vfs, steps }),
+            Message::Release { vfs } => self
+                .release(from, &vfs)
+                .map(|steps| Message::Released { vfs, steps }),
             other => Err(format!("not a resource request: {}", other.kind())),
         };
         result.unwrap_or_else(|message| Message::Error { message })
     }
 
     /// The definition to check: the proposed one for a change, else the stored one.
-    fn definition_for(&self, from: &str, vfs: &str, change: Option<VfsDef>) -> Result<VfsDef, String> {
+    fn definition_for(
+        &self,
+        from: &str,
+        vfs: &str,
+        change: Option<VfsDef>,
+    ) -> Result<VfsDef, String> {
         let site = self.site_name();
         let stored = self.store.definition(vfs).map_err(|e| e.to_string())?;
         let Some(stored) = stored else {
@@ -180,7 +233,10 @@ impl Agent {
             ));
         }
         match change {
-            Some(def) if def.name != vfs => Err(format!("the proposed definition is of VFS {}, not {vfs}", def.name)),
+            Some(def) if def.name != vfs => Err(format!(
+                "the proposed definition is of VFS {}, not {vfs}",
+                def.name
+            )),
             Some(def) => def
                 .validate()
                 .map(|()| def)
@@ -197,15 +253,26 @@ impl Agent {
             resources: &self.config.resources,
             holder: &holder,
         };
-        let report = resources::precheck(&site, def, purpose, self.links.as_mut(), self.mounts.as_mut())
-            .map_err(|e| e.to_string())?;
+        let report = resources::precheck(
+            &site,
+            def,
+            purpose,
+            self.links.as_mut(),
+            self.mounts.as_mut(),
+        )
+        .map_err(|e| e.to_string())?;
         tracing::info!(site = %self.config.site.name, vfs = %def.name, event = "precheck",
             purpose = ?purpose, sufficient = report.sufficient,
             discrepancies = report.discrepancies.len(), "precheck done");
         Ok(report)
     }
 
-    fn reserve(&mut self, def: &VfsDef, purpose: Purpose, proceed: bool) -> Result<Outcome, String> {
+    fn reserve(
+        &mut self,
+        def: &VfsDef,
+        purpose: Purpose,
+        proceed: bool,
+    ) -> Result<Outcome, String> {
         let report = self.precheck(def, purpose)?;
         let site = self.config.site.name.clone();
         let outcome = resources::reserve(report, proceed, &mut self.store, self.links.as_mut(), self.mounts.as_mut())
@@ -225,8 +292,13 @@ impl Agent {
     fn release(&mut self, from: &str, vfs: &str) -> Result<Vec<Step>, String> {
         self.definition_for(from, vfs, None)?;
         let site = self.config.site.name.clone();
-        let steps = resources::release(vfs, &mut self.store, self.links.as_mut(), self.mounts.as_mut())
-            .map_err(|e| e.to_string())?;
+        let steps = resources::release(
+            vfs,
+            &mut self.store,
+            self.links.as_mut(),
+            self.mounts.as_mut(),
+        )
+        .map_err(|e| e.to_string())?;
         for s in &steps {
             tracing::info!(site = %site, vfs = %vfs, event = "released", resource = %s.resource,
                 action = %s.action, "release step");
@@ -237,13 +309,27 @@ impl Agent {
     fn snapshots(&self, vfs: &str) -> Response {
         if let Some(def) = self.local_definition(vfs) {
             return Response::Error {
-                message: format!("VFS {vfs} is active here; its snapshots are kept at its DR site {}", def.replication.peer),
+                message: format!(
+                    "VFS {vfs} is active here; its snapshots are kept at its DR site {}",
+                    def.replication.peer
+                ),
             };
         }
-        match self.store.definition(vfs).and_then(|d| Ok((d, self.store.snapshots(vfs)?))) {
-            Ok((None, _)) => Response::Error { message: format!("unknown VFS {vfs} at site {}", self.site_name()) },
-            Ok((Some(_), snapshots)) => Response::Snapshots { vfs: vfs.to_owned(), snapshots },
-            Err(e) => Response::Error { message: e.to_string() },
+        match self
+            .store
+            .definition(vfs)
+            .and_then(|d| Ok((d, self.store.snapshots(vfs)?)))
+        {
+            Ok((None, _)) => Response::Error {
+                message: format!("unknown VFS {vfs} at site {}", self.site_name()),
+            },
+            Ok((Some(_), snapshots)) => Response::Snapshots {
+                vfs: vfs.to_owned(),
+                snapshots,
+            },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
         }
     }
 
@@ -264,7 +350,9 @@ impl Agent {
         })();
         match list {
             Ok(vfs) => Response::Vfs { vfs },
-            Err(e) => Response::Error { message: e.to_string() },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
         }
     }
 }

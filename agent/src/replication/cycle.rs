@@ -94,7 +94,11 @@ pub fn take_point(
         }
         return Err(e.into());
     }
-    Ok(Point { cycle, clones, freeze_window })
+    Ok(Point {
+        cycle,
+        clones,
+        freeze_window,
+    })
 }
 
 /// Removes the clones of a point (after the DR site acknowledged the next one).
@@ -107,7 +111,11 @@ pub fn drop_point(images: &mut dyn Images, point: &Point) -> Result<(), CycleErr
 
 /// Per volume, the byte ranges that differ between `prev` and `next` (everything allocated
 /// when there is no previous point: the initial sync).
-pub fn delta(images: &mut dyn Images, prev: Option<&Point>, next: &Point) -> Result<Vec<Vec<Change>>, CycleError> {
+pub fn delta(
+    images: &mut dyn Images,
+    prev: Option<&Point>,
+    next: &Point,
+) -> Result<Vec<Vec<Change>>, CycleError> {
     let mut out = Vec::new();
     for (i, clone) in next.clones.iter().enumerate() {
         let size = images.size(clone)?;
@@ -127,8 +135,16 @@ pub fn delta(images: &mut dyn Images, prev: Option<&Point>, next: &Point) -> Res
 /// A unit of shipped change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
-    Data { volume: usize, offset: u64, data: Vec<u8> },
-    Zero { volume: usize, offset: u64, len: u64 },
+    Data {
+        volume: usize,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Zero {
+        volume: usize,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// The pieces of a delta, data read from the clones of `point`, at most [`PIECE`] bytes each.
@@ -143,7 +159,14 @@ pub struct Pieces<'a> {
 
 impl<'a> Pieces<'a> {
     pub fn new(images: &'a mut dyn Images, point: &'a Point, delta: &'a [Vec<Change>]) -> Self {
-        Pieces { images, point, delta, volume: 0, change: 0, offset: 0 }
+        Pieces {
+            images,
+            point,
+            delta,
+            volume: 0,
+            change: 0,
+            offset: 0,
+        }
     }
 }
 
@@ -166,7 +189,11 @@ impl Iterator for Pieces<'_> {
             }
             if c.kind == ChangeKind::Zero {
                 self.change += 1;
-                return Some(Ok(Piece::Zero { volume: self.volume, offset: c.offset, len: c.len }));
+                return Some(Ok(Piece::Zero {
+                    volume: self.volume,
+                    offset: c.offset,
+                    len: c.len,
+                }));
             }
             let len = (c.end() - start).min(PIECE);
             self.offset = start + len;
@@ -175,7 +202,11 @@ impl Iterator for Pieces<'_> {
             return Some(
                 self.images
                     .read_at(clone, start, &mut data)
-                    .map(|()| Piece::Data { volume: self.volume, offset: start, data })
+                    .map(|()| Piece::Data {
+                        volume: self.volume,
+                        offset: start,
+                        data,
+                    })
                     .map_err(Into::into),
             );
         }
@@ -211,7 +242,11 @@ impl Applier {
 
 impl Applier {
     /// Starts applying `cycle`; creates missing replica images (sparse, of the volume's size).
-    pub fn begin(images: &mut dyn Images, volumes: Vec<ReplicaVolume>, cycle: u64) -> Result<Self, CycleError> {
+    pub fn begin(
+        images: &mut dyn Images,
+        volumes: Vec<ReplicaVolume>,
+        cycle: u64,
+    ) -> Result<Self, CycleError> {
         for v in &volumes {
             if !images.exists(&v.image) {
                 images.create_sparse(&v.image, v.size)?;
@@ -228,25 +263,44 @@ impl Applier {
             }
         }
         let digests = vec![VolumeDigest::new(); volumes.len()];
-        Ok(Applier { volumes, cycle, digests, applied_bytes: 0 })
+        Ok(Applier {
+            volumes,
+            cycle,
+            digests,
+            applied_bytes: 0,
+        })
     }
 
     /// Writes one piece, refusing anything outside its volume.
     pub fn apply(&mut self, images: &mut dyn Images, piece: &Piece) -> Result<(), CycleError> {
         let (volume, offset, len) = match piece {
-            Piece::Data { volume, offset, data } => (*volume, *offset, data.len() as u64),
-            Piece::Zero { volume, offset, len } => (*volume, *offset, *len),
+            Piece::Data {
+                volume,
+                offset,
+                data,
+            } => (*volume, *offset, data.len() as u64),
+            Piece::Zero {
+                volume,
+                offset,
+                len,
+            } => (*volume, *offset, *len),
         };
         let Some(v) = self.volumes.get(volume) else {
             return Err(CycleError::Protocol {
                 cycle: self.cycle,
-                what: format!("piece for volume #{volume}, the cycle has {}", self.volumes.len()),
+                what: format!(
+                    "piece for volume #{volume}, the cycle has {}",
+                    self.volumes.len()
+                ),
             });
         };
         if offset.checked_add(len).is_none_or(|end| end > v.size) {
             return Err(CycleError::Volume {
                 volume: v.name.clone(),
-                what: format!("piece at {offset}+{len} lies outside the volume's {} bytes", v.size),
+                what: format!(
+                    "piece at {offset}+{len} lies outside the volume's {} bytes",
+                    v.size
+                ),
             });
         }
         match piece {
@@ -264,13 +318,21 @@ impl Applier {
     }
 
     /// Checks what arrived for a volume against the sender's count and digest.
-    pub fn check_digest(&self, volume: usize, blocks: u64, digest: &[u8; 32]) -> Result<(), CycleError> {
+    pub fn check_digest(
+        &self,
+        volume: usize,
+        blocks: u64,
+        digest: &[u8; 32],
+    ) -> Result<(), CycleError> {
         let got = self.digests.get(volume).cloned().map(VolumeDigest::finish);
         if got != Some((blocks, *digest)) {
             let name = self.volumes.get(volume).map_or("?", |v| v.name.as_str());
             return Err(CycleError::Volume {
                 volume: name.to_owned(),
-                what: format!("cycle {}: digest of the received data does not match the sender's", self.cycle),
+                what: format!(
+                    "cycle {}: digest of the received data does not match the sender's",
+                    self.cycle
+                ),
             });
         }
         Ok(())
@@ -278,7 +340,11 @@ impl Applier {
 
     /// Fsyncs every replica and reflinks each into `<snapshot_dir>/<volume>.img`; returns the
     /// snapshot images.
-    pub fn commit(self, images: &mut dyn Images, snapshot_dir: &Path) -> Result<Vec<PathBuf>, CycleError> {
+    pub fn commit(
+        self,
+        images: &mut dyn Images,
+        snapshot_dir: &Path,
+    ) -> Result<Vec<PathBuf>, CycleError> {
         for v in &self.volumes {
             images.fsync(&v.image)?;
         }
@@ -299,7 +365,11 @@ impl Applier {
 
 /// Restores the working replicas from the last committed snapshot (after an interrupted
 /// cycle): each replica becomes a reflink of its snapshot image again.
-pub fn restore(images: &mut dyn Images, volumes: &[ReplicaVolume], snapshot: &[PathBuf]) -> Result<(), CycleError> {
+pub fn restore(
+    images: &mut dyn Images,
+    volumes: &[ReplicaVolume],
+    snapshot: &[PathBuf],
+) -> Result<(), CycleError> {
     for (v, snap) in volumes.iter().zip(snapshot) {
         let tmp = v.image.with_extension("restore");
         images.remove(&tmp)?;

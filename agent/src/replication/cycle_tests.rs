@@ -2,10 +2,13 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    cycle::{Applier, Piece, Pieces, Point, ReplicaVolume, SourceVolume, delta, drop_point, restore, take_point},
-    wire::VolumeDigest,
+    cycle::{
+        Applier, Piece, Pieces, Point, ReplicaVolume, SourceVolume, delta, drop_point, restore,
+        take_point,
+    },
     fake_fs::FakeImages,
     fsops::Images,
+    wire::VolumeDigest,
 };
 
 const MIB: u64 = 1 << 20;
@@ -41,14 +44,30 @@ fn setup() -> (FakeImages, FakeImages) {
 }
 
 /// Ships `point` (against `prev`) from `src` into `dst`, commits snapshot `snap_dir`.
-fn ship(src: &mut FakeImages, dst: &mut FakeImages, prev: Option<&Point>, point: &Point, snap_dir: &Path) -> (u64, Vec<PathBuf>) {
+fn ship(
+    src: &mut FakeImages,
+    dst: &mut FakeImages,
+    prev: Option<&Point>,
+    point: &Point,
+    snap_dir: &Path,
+) -> (u64, Vec<PathBuf>) {
     let d = delta(src, prev, point).unwrap();
-    let pieces: Vec<Piece> = Pieces::new(src, point, &d).collect::<Result<_, _>>().unwrap();
+    let pieces: Vec<Piece> = Pieces::new(src, point, &d)
+        .collect::<Result<_, _>>()
+        .unwrap();
     let mut digests = vec![VolumeDigest::new(); 3];
     for p in &pieces {
         match p {
-            Piece::Data { volume, offset, data } => digests[*volume].data(*offset, data),
-            Piece::Zero { volume, offset, len } => digests[*volume].zero(*offset, *len),
+            Piece::Data {
+                volume,
+                offset,
+                data,
+            } => digests[*volume].data(*offset, data),
+            Piece::Zero {
+                volume,
+                offset,
+                len,
+            } => digests[*volume].zero(*offset, *len),
         }
     }
     let mut applier = Applier::begin(dst, replicas(), point.cycle).unwrap();
@@ -67,22 +86,40 @@ fn ship(src: &mut FakeImages, dst: &mut FakeImages, prev: Option<&Point>, point:
 fn snapshots_at_the_dr_site_equal_the_clones_cycle_after_cycle() {
     let (mut src, mut dst) = setup();
     let vols = volumes();
-    src.write_user(&vols[0].image, 0, &vec![1u8; 3 * MIB as usize]).unwrap();
+    src.write_user(&vols[0].image, 0, &vec![1u8; 3 * MIB as usize])
+        .unwrap();
     src.write_user(&vols[2].image, 5 * MIB, b"hello").unwrap();
     let p1 = take_point(&mut src, &vols, 1, Path::new("/pool/clones/fs1")).unwrap();
     assert!(src.frozen().is_empty(), "thawed after the point");
-    let (shipped, snap1) = ship(&mut src, &mut dst, None, &p1, Path::new("/dr/snapshots/fs1/1"));
-    assert_eq!(shipped, 3 * MIB + 4096, "the initial sync ships what is allocated");
+    let (shipped, snap1) = ship(
+        &mut src,
+        &mut dst,
+        None,
+        &p1,
+        Path::new("/dr/snapshots/fs1/1"),
+    );
+    assert_eq!(
+        shipped,
+        3 * MIB + 4096,
+        "the initial sync ships what is allocated"
+    );
     for (clone, snap) in p1.clones.iter().zip(&snap1) {
         assert_eq!(src.content(clone), dst.content(snap));
     }
 
     // Overwrite, new data and a punched range; only those are shipped.
     src.write_user(&vols[0].image, 4096, &[7u8; 100]).unwrap();
-    src.write_user(&vols[1].image, 8 * MIB, &vec![9u8; 2 * 4096]).unwrap();
+    src.write_user(&vols[1].image, 8 * MIB, &vec![9u8; 2 * 4096])
+        .unwrap();
     src.punch(&vols[0].image, 2 * MIB, MIB).unwrap();
     let p2 = take_point(&mut src, &vols, 2, Path::new("/pool/clones/fs1")).unwrap();
-    let (shipped, snap2) = ship(&mut src, &mut dst, Some(&p1), &p2, Path::new("/dr/snapshots/fs1/2"));
+    let (shipped, snap2) = ship(
+        &mut src,
+        &mut dst,
+        Some(&p1),
+        &p2,
+        Path::new("/dr/snapshots/fs1/2"),
+    );
     assert_eq!(shipped, 4096 + 2 * 4096 + MIB);
     for (clone, snap) in p2.clones.iter().zip(&snap2) {
         assert_eq!(src.content(clone), dst.content(snap));
@@ -109,14 +146,48 @@ fn pieces_outside_a_volume_or_bad_digests_are_refused() {
     let mut dst = FakeImages::new();
     let mut applier = Applier::begin(&mut dst, replicas(), 1).unwrap();
     let e = applier
-        .apply(&mut dst, &Piece::Data { volume: 0, offset: 16 * MIB - 10, data: vec![0; 20] })
+        .apply(
+            &mut dst,
+            &Piece::Data {
+                volume: 0,
+                offset: 16 * MIB - 10,
+                data: vec![0; 20],
+            },
+        )
         .unwrap_err();
     assert!(e.to_string().contains("outside the volume"), "{e}");
-    let e = applier.apply(&mut dst, &Piece::Zero { volume: 0, offset: u64::MAX, len: 2 }).unwrap_err();
+    let e = applier
+        .apply(
+            &mut dst,
+            &Piece::Zero {
+                volume: 0,
+                offset: u64::MAX,
+                len: 2,
+            },
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
-    let e = applier.apply(&mut dst, &Piece::Zero { volume: 7, offset: 0, len: 2 }).unwrap_err();
+    let e = applier
+        .apply(
+            &mut dst,
+            &Piece::Zero {
+                volume: 7,
+                offset: 0,
+                len: 2,
+            },
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("volume #7"), "{e}");
-    applier.apply(&mut dst, &Piece::Data { volume: 1, offset: 0, data: vec![1; 10] }).unwrap();
+    applier
+        .apply(
+            &mut dst,
+            &Piece::Data {
+                volume: 1,
+                offset: 0,
+                data: vec![1; 10],
+            },
+        )
+        .unwrap();
     assert!(applier.check_digest(1, 1, &[0; 32]).is_err());
 }
 
@@ -129,7 +200,16 @@ fn an_interrupted_cycle_is_undone_from_the_last_snapshot() {
     let (_, snap1) = ship(&mut src, &mut dst, None, &p1, Path::new("/dr/s/1"));
     // Cycle 2 writes half its pieces, then the sender dies.
     let mut applier = Applier::begin(&mut dst, replicas(), 2).unwrap();
-    applier.apply(&mut dst, &Piece::Data { volume: 0, offset: 0, data: vec![5u8; 4096] }).unwrap();
+    applier
+        .apply(
+            &mut dst,
+            &Piece::Data {
+                volume: 0,
+                offset: 0,
+                data: vec![5u8; 4096],
+            },
+        )
+        .unwrap();
     drop(applier);
     assert_ne!(dst.content(&replicas()[0].image), dst.content(&snap1[0]));
     restore(&mut dst, &replicas(), &snap1).unwrap();

@@ -23,7 +23,11 @@ pub enum SessionError {
     #[error("the DR site refused cycle {cycle}: {reason}")]
     Refused { cycle: u64, reason: String },
     #[error("cycle {cycle}: expected {expected}, the peer sent {got}")]
-    Unexpected { cycle: u64, expected: &'static str, got: &'static str },
+    Unexpected {
+        cycle: u64,
+        expected: &'static str,
+        got: &'static str,
+    },
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("the replica writer stopped")]
@@ -39,7 +43,13 @@ pub struct Sent {
 
 /// Sends one cycle: `Begin`, the pieces, a `VolumeEnd` per volume, `Commit`; then waits for
 /// the DR site's `Committed`.
-pub async fn send<S, I>(stream: S, begin: &Begin, pieces: I, codec: Codec, bandwidth: Option<u64>) -> Result<Sent, SessionError>
+pub async fn send<S, I>(
+    stream: S,
+    begin: &Begin,
+    pieces: I,
+    codec: Codec,
+    bandwidth: Option<u64>,
+) -> Result<Sent, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     I: Iterator<Item = Result<Piece, CycleError>>,
@@ -51,10 +61,18 @@ where
         writer.begin(begin).await?;
         for piece in pieces {
             match piece? {
-                Piece::Data { volume, offset, data } => {
+                Piece::Data {
+                    volume,
+                    offset,
+                    data,
+                } => {
                     writer.data(volume as u16, offset, &data).await?;
                 }
-                Piece::Zero { volume, offset, len } => writer.zero(volume as u16, offset, len).await?,
+                Piece::Zero {
+                    volume,
+                    offset,
+                    len,
+                } => writer.zero(volume as u16, offset, len).await?,
             }
         }
         for v in 0..begin.volumes.len() {
@@ -67,12 +85,20 @@ where
     // Whether sending worked or not, the DR site may have said why it stopped.
     let answer = reader.next().await;
     match (sent, answer) {
-        (_, Ok(Frame::Refused { reason })) => Err(SessionError::Refused { cycle: begin.cycle, reason }),
+        (_, Ok(Frame::Refused { reason })) => Err(SessionError::Refused {
+            cycle: begin.cycle,
+            reason,
+        }),
         (Err(e), _) => Err(e),
-        (Ok(()), Ok(Frame::Committed { cycle, snapshot })) if cycle == begin.cycle => {
-            Ok(Sent { snapshot, stats: writer.stats() })
-        }
-        (Ok(()), Ok(other)) => Err(SessionError::Unexpected { cycle: begin.cycle, expected: "committed", got: other.kind() }),
+        (Ok(()), Ok(Frame::Committed { cycle, snapshot })) if cycle == begin.cycle => Ok(Sent {
+            snapshot,
+            stats: writer.stats(),
+        }),
+        (Ok(()), Ok(other)) => Err(SessionError::Unexpected {
+            cycle: begin.cycle,
+            expected: "committed",
+            got: other.kind(),
+        }),
         (Ok(()), Err(e)) => Err(e.into()),
     }
 }
@@ -124,25 +150,62 @@ async fn receive_frames<R: AsyncRead + Unpin>(
 ) -> Result<Snapshot, SessionError> {
     let begin = match reader.next().await? {
         Frame::Begin(b) => b,
-        other => return Err(SessionError::Unexpected { cycle: 0, expected: "begin", got: other.kind() }),
+        other => {
+            return Err(SessionError::Unexpected {
+                cycle: 0,
+                expected: "begin",
+                got: other.kind(),
+            });
+        }
     };
     let cycle = begin.cycle;
     let (tx, rx) = oneshot::channel();
-    jobs.send(Job::Begin(from.to_owned(), begin.clone(), tx)).await.map_err(|_| SessionError::SinkGone)?;
+    jobs.send(Job::Begin(from.to_owned(), begin.clone(), tx))
+        .await
+        .map_err(|_| SessionError::SinkGone)?;
     rx.await.map_err(|_| SessionError::SinkGone)??;
     loop {
         let frame = reader.next().await?;
         check_bounds(&frame, &begin.volumes)?;
         let job = match frame {
-            Frame::Data { volume, offset, data, .. } => Job::Piece(Piece::Data { volume: volume as usize, offset, data }),
-            Frame::Zero { volume, offset, len } => Job::Piece(Piece::Zero { volume: volume as usize, offset, len }),
-            Frame::VolumeEnd { volume, blocks, digest } => Job::VolumeEnd(volume as usize, blocks, digest),
+            Frame::Data {
+                volume,
+                offset,
+                data,
+                ..
+            } => Job::Piece(Piece::Data {
+                volume: volume as usize,
+                offset,
+                data,
+            }),
+            Frame::Zero {
+                volume,
+                offset,
+                len,
+            } => Job::Piece(Piece::Zero {
+                volume: volume as usize,
+                offset,
+                len,
+            }),
+            Frame::VolumeEnd {
+                volume,
+                blocks,
+                digest,
+            } => Job::VolumeEnd(volume as usize, blocks, digest),
             Frame::Commit { cycle: c } if c == cycle => {
                 let (tx, rx) = oneshot::channel();
-                jobs.send(Job::Commit(reader.stats().wire_bytes, tx)).await.map_err(|_| SessionError::SinkGone)?;
+                jobs.send(Job::Commit(reader.stats().wire_bytes, tx))
+                    .await
+                    .map_err(|_| SessionError::SinkGone)?;
                 return Ok(rx.await.map_err(|_| SessionError::SinkGone)??);
             }
-            other => return Err(SessionError::Unexpected { cycle, expected: "data, zero, volume_end or commit", got: other.kind() }),
+            other => {
+                return Err(SessionError::Unexpected {
+                    cycle,
+                    expected: "data, zero, volume_end or commit",
+                    got: other.kind(),
+                });
+            }
         };
         jobs.send(job).await.map_err(|_| SessionError::SinkGone)?;
     }
@@ -157,7 +220,10 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
         match job {
             Job::Begin(from, b, reply) => {
                 let r = sink.begin(&from, &b);
-                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| SinkError::Refused { vfs: b.vfs.clone(), what: e.to_string() }));
+                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| SinkError::Refused {
+                    vfs: b.vfs.clone(),
+                    what: e.to_string(),
+                }));
                 receiving = r.ok();
             }
             Job::Piece(p) => {
@@ -180,7 +246,10 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
                 let result = match (failed.take(), receiving.take()) {
                     (Some(e), _) => Err(e),
                     (None, Some(r)) => sink.commit(r, shipped),
-                    (None, None) => Err(SinkError::Refused { vfs: String::new(), what: "commit without a cycle".into() }),
+                    (None, None) => Err(SinkError::Refused {
+                        vfs: String::new(),
+                        what: "commit without a cycle".into(),
+                    }),
                 };
                 let _ = reply.send(result);
                 return Ok(());

@@ -34,7 +34,9 @@ fn world_with(edit: impl FnOnce(&mut crate::config::VfsDef)) -> World {
     let mut def = test_vfs("fs1", "site-b", "/srv/vfsdr/mnt/fs1/data");
     def.volumes[0].size_bytes = 16 * MIB;
     edit(&mut def);
-    store.put_definition(&def, Role::Standby, 1, "site-a").unwrap();
+    store
+        .put_definition(&def, Role::Standby, 1, "site-a")
+        .unwrap();
     let src = FakeImages::new();
     let vols = vec![SourceVolume {
         name: "data".into(),
@@ -42,12 +44,21 @@ fn world_with(edit: impl FnOnce(&mut crate::config::VfsDef)) -> World {
         mount: "/srv/vfsdr/mnt/fs1/data".into(),
     }];
     src.add_volume(&vols[0].mount, &vols[0].image, 16 * MIB);
-    World { src, dst: FakeImages::new(), vols, dir }
+    World {
+        src,
+        dst: FakeImages::new(),
+        vols,
+        dir,
+    }
 }
 
 impl World {
     fn sink(&self) -> Sink {
-        Sink { store: Store::open(self.dir.path()).unwrap(), images: Box::new(self.dst.clone()), pool: "/b/pool".into() }
+        Sink {
+            store: Store::open(self.dir.path()).unwrap(),
+            images: Box::new(self.dst.clone()),
+            pool: "/b/pool".into(),
+        }
     }
 
     fn begin(&self, cycle: u64, base: Option<u64>) -> Begin {
@@ -56,11 +67,20 @@ impl World {
             cycle,
             epoch: 1,
             base,
-            volumes: vec![VolumeInfo { name: "data".into(), size: 16 * MIB }],
+            volumes: vec![VolumeInfo {
+                name: "data".into(),
+                size: 16 * MIB,
+            }],
         }
     }
 
-    async fn cycle(&mut self, from: &str, prev: Option<&Point>, point: &Point, base: Option<u64>) -> (Result<u64, SessionError>, Result<u64, SessionError>) {
+    async fn cycle(
+        &mut self,
+        from: &str,
+        prev: Option<&Point>,
+        point: &Point,
+        base: Option<u64>,
+    ) -> (Result<u64, SessionError>, Result<u64, SessionError>) {
         let (a, b) = tokio::io::duplex(1 << 20);
         let d = delta(&mut self.src, prev, point).unwrap();
         let begin = self.begin(point.cycle, base);
@@ -80,7 +100,9 @@ impl World {
 async fn cycles_arrive_as_snapshots_equal_to_the_clones() {
     let mut w = world();
     let img = w.vols[0].image.clone();
-    w.src.write_user(&img, 0, &vec![3u8; 2 * MIB as usize]).unwrap();
+    w.src
+        .write_user(&img, 0, &vec![3u8; 2 * MIB as usize])
+        .unwrap();
     let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
     let (sent, got) = w.cycle("site-a", None, &p1, None).await;
     assert_eq!((sent.unwrap(), got.unwrap()), (1, 1));
@@ -105,7 +127,11 @@ async fn a_cycle_from_a_site_that_does_not_own_the_vfs_is_refused_and_changes_no
     let e = sent.unwrap_err().to_string();
     assert!(e.contains("site site-x does not own it"), "{e}");
     assert!(got.is_err());
-    assert!(w.dst.files().is_empty(), "nothing written: {:?}", w.dst.files());
+    assert!(
+        w.dst.files().is_empty(),
+        "nothing written: {:?}",
+        w.dst.files()
+    );
 }
 
 #[tokio::test]
@@ -131,8 +157,21 @@ async fn snapshots_outside_the_retention_grid_are_pruned_after_a_commit() {
     let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
     w.cycle("site-a", Some(&p1), &p2, Some(1)).await.0.unwrap();
     let store = Store::open(w.dir.path()).unwrap();
-    let ids: Vec<u64> = store.snapshots("fs1").unwrap().iter().map(|s| s.id).collect();
+    let ids: Vec<u64> = store
+        .snapshots("fs1")
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(ids, [2]);
-    assert!(!w.dst.files().contains(&PathBuf::from("/b/pool/snapshots/fs1/1/data.img")));
-    assert!(w.dst.files().contains(&PathBuf::from("/b/pool/snapshots/fs1/2/data.img")));
+    assert!(
+        !w.dst
+            .files()
+            .contains(&PathBuf::from("/b/pool/snapshots/fs1/1/data.img"))
+    );
+    assert!(
+        w.dst
+            .files()
+            .contains(&PathBuf::from("/b/pool/snapshots/fs1/2/data.img"))
+    );
 }

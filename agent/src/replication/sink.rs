@@ -59,24 +59,45 @@ pub struct Receiving {
 impl Sink {
     /// Accepts (or refuses) the cycle `b` from site `from`, undoing an interrupted one first.
     pub fn begin(&mut self, from: &str, b: &Begin) -> Result<Receiving, SinkError> {
-        let refuse = |what: String| SinkError::Refused { vfs: b.vfs.clone(), what };
+        let refuse = |what: String| SinkError::Refused {
+            vfs: b.vfs.clone(),
+            what,
+        };
         let Some(stored) = self.store.definition(&b.vfs)? else {
-            return Err(refuse("unknown at this site (its definition was never received)".into()));
+            return Err(refuse(
+                "unknown at this site (its definition was never received)".into(),
+            ));
         };
         if stored.role != Role::Standby {
-            return Err(refuse("is active at this site; it does not take replication".into()));
+            return Err(refuse(
+                "is active at this site; it does not take replication".into(),
+            ));
         }
         if stored.from_site != from {
-            return Err(refuse(format!("site {from} does not own it (its definition came from {})", stored.from_site)));
+            return Err(refuse(format!(
+                "site {from} does not own it (its definition came from {})",
+                stored.from_site
+            )));
         }
         if b.epoch < stored.epoch {
-            return Err(refuse(format!("cycle {} carries epoch {}, this site holds {}", b.cycle, b.epoch, stored.epoch)));
+            return Err(refuse(format!(
+                "cycle {} carries epoch {}, this site holds {}",
+                b.cycle, b.epoch, stored.epoch
+            )));
         }
         let volumes = replica_volumes(&self.pool, &stored.def);
-        let offered: Vec<(&str, u64)> = b.volumes.iter().map(|v| (v.name.as_str(), v.size)).collect();
-        let expected: Vec<(&str, u64)> = volumes.iter().map(|v| (v.name.as_str(), v.size)).collect();
+        let offered: Vec<(&str, u64)> = b
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.size))
+            .collect();
+        let expected: Vec<(&str, u64)> =
+            volumes.iter().map(|v| (v.name.as_str(), v.size)).collect();
         if offered != expected {
-            return Err(refuse(format!("cycle {} has volumes {offered:?}, the definition {expected:?}", b.cycle)));
+            return Err(refuse(format!(
+                "cycle {} has volumes {offered:?}, the definition {expected:?}",
+                b.cycle
+            )));
         }
         let latest = self.store.latest_snapshot(&b.vfs)?;
         if let Some(base) = b.base
@@ -85,7 +106,9 @@ impl Sink {
             return Err(refuse(format!(
                 "cycle {} is a delta on snapshot {base}, this site's latest is {}",
                 b.cycle,
-                latest.as_ref().map_or("none".to_string(), |s| s.id.to_string())
+                latest
+                    .as_ref()
+                    .map_or("none".to_string(), |s| s.id.to_string())
             )));
         }
         if let Some(flight) = self.store.in_flight(&b.vfs)? {
@@ -103,11 +126,20 @@ impl Sink {
         }
         self.store.begin_cycle(&b.vfs, b.cycle, b.base)?;
         let applier = Applier::begin(self.images.as_mut(), volumes, b.cycle)?;
-        Ok(Receiving { begin: b.clone(), applier, changed_bytes: 0 })
+        Ok(Receiving {
+            begin: b.clone(),
+            applier,
+            changed_bytes: 0,
+        })
     }
 
     /// Brings the replicas back to the last snapshot (or to nothing, before the first).
-    fn undo(&mut self, _vfs: &str, volumes: &[ReplicaVolume], latest: Option<&Snapshot>) -> Result<(), SinkError> {
+    fn undo(
+        &mut self,
+        _vfs: &str,
+        volumes: &[ReplicaVolume],
+        latest: Option<&Snapshot>,
+    ) -> Result<(), SinkError> {
         match latest {
             Some(s) => {
                 let paths: Vec<PathBuf> = s.images.iter().map(|i| i.path.clone()).collect();
@@ -128,7 +160,13 @@ impl Sink {
         Ok(())
     }
 
-    pub fn volume_end(&mut self, r: &Receiving, volume: usize, blocks: u64, digest: &[u8; 32]) -> Result<(), SinkError> {
+    pub fn volume_end(
+        &mut self,
+        r: &Receiving,
+        volume: usize,
+        blocks: u64,
+        digest: &[u8; 32],
+    ) -> Result<(), SinkError> {
         Ok(r.applier.check_digest(volume, blocks, digest)?)
     }
 
@@ -140,9 +178,21 @@ impl Sink {
         let paths = r.applier.commit(self.images.as_mut(), &dir)?;
         let mut images = Vec::new();
         for (v, p) in volumes.iter().zip(paths) {
-            images.push(SnapshotImage { volume: v.name.clone(), size: self.images.size(&p)?, path: p, allocated: 0 });
+            images.push(SnapshotImage {
+                volume: v.name.clone(),
+                size: self.images.size(&p)?,
+                path: p,
+                allocated: 0,
+            });
         }
-        let snap = self.store.commit_snapshot(&b.vfs, b.cycle, b.epoch, &images, r.changed_bytes, shipped_bytes)?;
+        let snap = self.store.commit_snapshot(
+            &b.vfs,
+            b.cycle,
+            b.epoch,
+            &images,
+            r.changed_bytes,
+            shipped_bytes,
+        )?;
         if let Err(e) = self.prune(&b.vfs) {
             // The snapshot is committed; pruning is retried after the next one.
             tracing::warn!(vfs = %b.vfs, event = "prune_failed", error = %e, "pruning old snapshots failed");
@@ -153,7 +203,9 @@ impl Sink {
     /// Removes the snapshots the VFS's retention grid no longer keeps (and finishes removals
     /// an earlier crash interrupted): marked first, files deleted, then forgotten.
     pub fn prune(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
-        let Some(stored) = self.store.definition(vfs)? else { return Ok(Vec::new()) };
+        let Some(stored) = self.store.definition(vfs)? else {
+            return Ok(Vec::new());
+        };
         let all = self.store.snapshots(vfs)?;
         let committed: Vec<(u64, u64)> = all
             .iter()
@@ -166,7 +218,12 @@ impl Sink {
         let drop = super::retention::prune(&committed, &stored.def.snapshots, now);
         self.store.mark_pruning(vfs, &drop)?;
         let mut removed = Vec::new();
-        for s in self.store.snapshots(vfs)?.into_iter().filter(|s| s.state == SnapshotState::Pruning) {
+        for s in self
+            .store
+            .snapshots(vfs)?
+            .into_iter()
+            .filter(|s| s.state == SnapshotState::Pruning)
+        {
             for image in &s.images {
                 self.images.remove(&image.path)?;
             }

@@ -67,7 +67,14 @@ impl FakeLinks {
         self
     }
 
-    fn add(&mut self, name: &str, up: bool, carrier: bool, kind: Option<&str>, parent: Option<u32>) {
+    fn add(
+        &mut self,
+        name: &str,
+        up: bool,
+        carrier: bool,
+        kind: Option<&str>,
+        parent: Option<u32>,
+    ) {
         self.next_index += 1;
         self.links.insert(
             name.into(),

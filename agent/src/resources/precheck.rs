@@ -106,7 +106,9 @@ pub enum ResourceError {
 
 /// Where a VFS volume's replica lives in a pool.
 pub fn replica_image(pool: &Path, vfs: &str, volume: &str) -> PathBuf {
-    pool.join("replicas").join(vfs).join(format!("{volume}.img"))
+    pool.join("replicas")
+        .join(vfs)
+        .join(format!("{volume}.img"))
 }
 
 /// The macvlan of interface `index` of `vfs` (VFS names are at most 11 characters).
@@ -164,10 +166,22 @@ pub fn precheck(
         for l in &carriers {
             let k = kernel_links.iter().find(|k| k.name == l.name);
             let problem = match (k, other_holder(ResourceKind::Link, &l.name)) {
-                (_, Some(h)) => Some((Kind::LinkReserved, format!("{} is reserved by {h}", l.name), Some(h))),
-                (None, _) => Some((Kind::LinkMissing, format!("{} does not exist", l.name), None)),
-                (Some(k), _) if !k.up => Some((Kind::LinkDown, format!("{} is down", l.name), None)),
-                (Some(k), _) if !k.carrier => Some((Kind::NoCarrier, format!("{} has no carrier", l.name), None)),
+                (_, Some(h)) => Some((
+                    Kind::LinkReserved,
+                    format!("{} is reserved by {h}", l.name),
+                    Some(h),
+                )),
+                (None, _) => Some((
+                    Kind::LinkMissing,
+                    format!("{} does not exist", l.name),
+                    None,
+                )),
+                (Some(k), _) if !k.up => {
+                    Some((Kind::LinkDown, format!("{} is down", l.name), None))
+                }
+                (Some(k), _) if !k.carrier => {
+                    Some((Kind::NoCarrier, format!("{} has no carrier", l.name), None))
+                }
                 _ => None,
             };
             match problem {
@@ -199,14 +213,24 @@ pub fn precheck(
                 r.discrepancies.push(Discrepancy {
                     kind,
                     resource: format!("interface {}", iface.name),
-                    needed: format!("an up link with carrier carrying network {}, free for {}", iface.network, def.name),
-                    found: problems.iter().map(|p| p.1.as_str()).collect::<Vec<_>>().join("; "),
+                    needed: format!(
+                        "an up link with carrier carrying network {}, free for {}",
+                        iface.network, def.name
+                    ),
+                    found: problems
+                        .iter()
+                        .map(|p| p.1.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     blocks_access: true,
                     holder,
                 });
             }
         }
-        for a in addresses.iter().filter(|a| a.address == iface.address && a.link != name) {
+        for a in addresses
+            .iter()
+            .filter(|a| a.address == iface.address && a.link != name)
+        {
             r.discrepancies.push(Discrepancy {
                 kind: Kind::AddressInUse,
                 resource: format!("address {}", iface.address),
@@ -264,7 +288,8 @@ pub fn precheck(
                 holder: Some(h),
             });
         } else if let Some(m) = mounted.iter().rev().find(|m| m.target == vol.mount) {
-            let ours = (site.holder)(ResourceKind::Mount, &target).as_deref() == Some(def.name.as_str())
+            let ours = (site.holder)(ResourceKind::Mount, &target).as_deref()
+                == Some(def.name.as_str())
                 && mounts.loop_backing(&m.source).as_deref() == Some(image.as_path());
             if !ours {
                 usable = false;

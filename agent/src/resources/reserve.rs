@@ -51,7 +51,12 @@ pub fn reserve(
 ) -> Result<Outcome, ResourceError> {
     let vfs = report.vfs.clone();
     if !report.sufficient && !proceed {
-        return Ok(Outcome { vfs, report, reserved: false, steps: vec![] });
+        return Ok(Outcome {
+            vfs,
+            report,
+            reserved: false,
+            steps: vec![],
+        });
     }
     let mut steps = Vec::new();
     let mut undo = Undo::default();
@@ -69,8 +74,13 @@ pub fn reserve(
         let mut parents: Vec<&str> = report.links.iter().map(|l| l.parent.as_str()).collect();
         parents.dedup();
         for parent in parents {
-            let on: Vec<&PlannedLink> = report.links.iter().filter(|l| l.parent == parent).collect();
-            items.push((ResourceKind::Link, parent.to_owned(), json!({ "links": on })));
+            let on: Vec<&PlannedLink> =
+                report.links.iter().filter(|l| l.parent == parent).collect();
+            items.push((
+                ResourceKind::Link,
+                parent.to_owned(),
+                json!({ "links": on }),
+            ));
         }
         // A mount point found in place keeps what was recorded when it was created.
         let existing = store.reservations(&vfs)?;
@@ -78,7 +88,9 @@ pub fn reserve(
             let target = m.target.display().to_string();
             let created = created
                 || existing.iter().any(|r| {
-                    r.kind == ResourceKind::Mount && r.resource == target && r.detail["created_dir"] == true
+                    r.kind == ResourceKind::Mount
+                        && r.resource == target
+                        && r.detail["created_dir"] == true
                 });
             items.push((
                 ResourceKind::Mount,
@@ -95,7 +107,12 @@ pub fn reserve(
         undo.run(links, mounts);
         return Err(e);
     }
-    Ok(Outcome { vfs, report, reserved: true, steps })
+    Ok(Outcome {
+        vfs,
+        report,
+        reserved: true,
+        steps,
+    })
 }
 
 /// Kernel objects created by the current call, removed again if it fails.
@@ -119,12 +136,20 @@ impl Undo {
     }
 }
 
-fn ensure_link(l: &PlannedLink, links: &mut dyn Links, undo: &mut Undo) -> Result<Step, ResourceError> {
+fn ensure_link(
+    l: &PlannedLink,
+    links: &mut dyn Links,
+    undo: &mut Undo,
+) -> Result<Step, ResourceError> {
     let all = links.links()?;
     let parent = all.iter().find(|k| k.name == l.parent).map(|k| k.index);
     if let Some(k) = all.iter().find(|k| k.name == l.name) {
         if k.kind.as_deref() == Some("macvlan") && k.parent.is_some() && k.parent == parent {
-            return Ok(step(format!("link {}", l.name), "present", format!("macvlan on {}", l.parent)));
+            return Ok(step(
+                format!("link {}", l.name),
+                "present",
+                format!("macvlan on {}", l.parent),
+            ));
         }
         return Err(ResourceError::Conflict {
             vfs: l.name.split('-').next().unwrap_or_default().to_owned(),
@@ -139,16 +164,34 @@ fn ensure_link(l: &PlannedLink, links: &mut dyn Links, undo: &mut Undo) -> Resul
     Ok(step(
         format!("link {}", l.name),
         "created",
-        format!("macvlan on {}, down, for {}/{} ({})", l.parent, l.address, l.prefix_len, l.interface),
+        format!(
+            "macvlan on {}, down, for {}/{} ({})",
+            l.parent, l.address, l.prefix_len, l.interface
+        ),
     ))
 }
 
-fn ensure_mount(m: &PlannedMount, mounts: &mut dyn Mounts, undo: &mut Undo) -> Result<(Step, bool), ResourceError> {
+fn ensure_mount(
+    m: &PlannedMount,
+    mounts: &mut dyn Mounts,
+    undo: &mut Undo,
+) -> Result<(Step, bool), ResourceError> {
     let resource = format!("mount {}", m.target.display());
-    if let Some(e) = mounts.mounts()?.into_iter().rev().find(|e| e.target == m.target)
+    if let Some(e) = mounts
+        .mounts()?
+        .into_iter()
+        .rev()
+        .find(|e| e.target == m.target)
         && mounts.loop_backing(&e.source).as_deref() == Some(m.image.as_path())
     {
-        return Ok((step(resource, "present", format!("{} read-only from {}", m.fstype, e.source)), false));
+        return Ok((
+            step(
+                resource,
+                "present",
+                format!("{} read-only from {}", m.fstype, e.source),
+            ),
+            false,
+        ));
     }
     let created = mounts.make_dir(&m.target)?;
     let device = match mounts.mount_image_ro(&m.image, &m.target, &m.fstype, &m.options) {
@@ -194,7 +237,10 @@ pub fn release(
             ResourceKind::Link => {
                 for l in planned_links(&r.detail) {
                     let res = format!("link {}", l.name);
-                    if kernel.iter().any(|k| k.name == l.name && k.kind.as_deref() == Some("macvlan")) {
+                    if kernel
+                        .iter()
+                        .any(|k| k.name == l.name && k.kind.as_deref() == Some("macvlan"))
+                    {
                         links.delete_link(&l.name)?;
                         steps.push(step(res, "removed", format!("macvlan on {}", l.parent)));
                     } else {
@@ -204,18 +250,35 @@ pub fn release(
             }
             ResourceKind::Mount => {
                 let Some((m, created)) = planned_mount(&r.detail) else {
-                    steps.push(step(format!("mount {}", r.resource), "absent", "unreadable record"));
+                    steps.push(step(
+                        format!("mount {}", r.resource),
+                        "absent",
+                        "unreadable record",
+                    ));
                     continue;
                 };
                 let res = format!("mount {}", m.target.display());
-                let ours = mounts.mounts()?.into_iter().rev().find(|e| e.target == m.target).is_some_and(|e| {
-                    mounts.loop_backing(&e.source).as_deref() == Some(m.image.as_path())
-                });
+                let ours = mounts
+                    .mounts()?
+                    .into_iter()
+                    .rev()
+                    .find(|e| e.target == m.target)
+                    .is_some_and(|e| {
+                        mounts.loop_backing(&e.source).as_deref() == Some(m.image.as_path())
+                    });
                 if ours {
                     mounts.unmount(&m.target)?;
-                    steps.push(step(res.clone(), "removed", format!("read-only mount of {}", m.image.display())));
+                    steps.push(step(
+                        res.clone(),
+                        "removed",
+                        format!("read-only mount of {}", m.image.display()),
+                    ));
                 } else {
-                    steps.push(step(res.clone(), "absent", "not mounted from its replica; left alone"));
+                    steps.push(step(
+                        res.clone(),
+                        "absent",
+                        "not mounted from its replica; left alone",
+                    ));
                 }
                 if created && !ours_still_mounted(mounts, &m)? {
                     match mounts.remove_dir(&m.target) {
@@ -250,26 +313,46 @@ pub fn reconcile(
                     let s = match ensure_link(&l, links, &mut undo) {
                         Ok(s) if s.action == "created" => step(s.resource, "recreated", s.detail),
                         Ok(s) => s,
-                        Err(e) => step(format!("link {}", l.name), "changed by someone else", e.to_string()),
+                        Err(e) => step(
+                            format!("link {}", l.name),
+                            "changed by someone else",
+                            e.to_string(),
+                        ),
                     };
                     out.push((r.vfs.clone(), s));
                 }
             }
             ResourceKind::Mount => {
-                let Some((m, _)) = planned_mount(&r.detail) else { continue };
-                let busy = mounts.mounts()?.into_iter().rev().find(|e| e.target == m.target);
+                let Some((m, _)) = planned_mount(&r.detail) else {
+                    continue;
+                };
+                let busy = mounts
+                    .mounts()?
+                    .into_iter()
+                    .rev()
+                    .find(|e| e.target == m.target);
                 let s = match busy {
-                    Some(e) if mounts.loop_backing(&e.source).as_deref() != Some(m.image.as_path()) => step(
-                        format!("mount {}", m.target.display()),
-                        "changed by someone else",
-                        format!("{} from {} is mounted there", e.fstype, e.source),
-                    ),
+                    Some(e)
+                        if mounts.loop_backing(&e.source).as_deref() != Some(m.image.as_path()) =>
+                    {
+                        step(
+                            format!("mount {}", m.target.display()),
+                            "changed by someone else",
+                            format!("{} from {} is mounted there", e.fstype, e.source),
+                        )
+                    }
                     _ => {
                         let mut undo = Undo::default();
                         match ensure_mount(&m, mounts, &mut undo) {
-                            Ok((s, _)) if s.action == "created" => step(s.resource, "recreated", s.detail),
+                            Ok((s, _)) if s.action == "created" => {
+                                step(s.resource, "recreated", s.detail)
+                            }
                             Ok((s, _)) => s,
-                            Err(e) => step(format!("mount {}", m.target.display()), "missing", e.to_string()),
+                            Err(e) => step(
+                                format!("mount {}", m.target.display()),
+                                "missing",
+                                e.to_string(),
+                            ),
                         }
                     }
                 };

@@ -48,7 +48,10 @@ impl RtnlLinks {
         thread::Builder::new()
             .name("netlink".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
@@ -149,17 +152,34 @@ async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetError> {
 async fn run(handle: &Handle, op: Op) -> Result<Answer, NetError> {
     match op {
         Op::Links => {
-            let msgs: Vec<LinkMessage> =
-                handle.link().get().execute().try_collect().await.map_err(nl("list links"))?;
+            let msgs: Vec<LinkMessage> = handle
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("list links"))?;
             Ok(Answer::Links(msgs.iter().map(link_info).collect()))
         }
         Op::Addresses => {
-            let links: Vec<LinkMessage> =
-                handle.link().get().execute().try_collect().await.map_err(nl("list links"))?;
-            let names: std::collections::HashMap<u32, String> =
-                links.iter().map(|m| (m.header.index, link_info(m).name)).collect();
-            let msgs: Vec<AddressMessage> =
-                handle.address().get().execute().try_collect().await.map_err(nl("list addresses"))?;
+            let links: Vec<LinkMessage> = handle
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("list links"))?;
+            let names: std::collections::HashMap<u32, String> = links
+                .iter()
+                .map(|m| (m.header.index, link_info(m).name))
+                .collect();
+            let msgs: Vec<AddressMessage> = handle
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("list addresses"))?;
             let mut out = Vec::new();
             for m in msgs {
                 for a in &m.attributes {
@@ -176,7 +196,9 @@ async fn run(handle: &Handle, op: Op) -> Result<Answer, NetError> {
         }
         Op::CreateMacvlan { parent, name } => {
             let index = index_of(handle, &parent).await?;
-            let msg = LinkMacVlan::new(&name, index, MacVlanMode::Bridge).down().build();
+            let msg = LinkMacVlan::new(&name, index, MacVlanMode::Bridge)
+                .down()
+                .build();
             handle
                 .link()
                 .add(msg)

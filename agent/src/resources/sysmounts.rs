@@ -27,7 +27,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -63,7 +66,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 impl Mounts for SystemMounts {
     fn mounts(&mut self) -> Result<Vec<MountEntry>, MountError> {
         let path = Path::new("/proc/self/mountinfo");
-        Ok(parse_mountinfo(&fs::read_to_string(path).map_err(io("read", path))?))
+        Ok(parse_mountinfo(
+            &fs::read_to_string(path).map_err(io("read", path))?,
+        ))
     }
 
     fn filesystems(&mut self) -> Result<Vec<String>, MountError> {
@@ -157,7 +162,10 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].target, Path::new("/mnt/with space"));
-        assert_eq!((m[1].source.as_str(), m[1].fstype.as_str()), ("/dev/loop3", "xfs"));
+        assert_eq!(
+            (m[1].source.as_str(), m[1].fstype.as_str()),
+            ("/dev/loop3", "xfs")
+        );
         assert_eq!(m[1].options, "ro,nosuid,nodev");
     }
 }

@@ -43,15 +43,15 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         for d in [def("fs1", MNT), def("fs2", "/srv/vfsdr/mnt/fs2/data")] {
-            store.put_definition(&d, Role::Standby, 1, "site-a").unwrap();
+            store
+                .put_definition(&d, Role::Standby, 1, "site-a")
+                .unwrap();
         }
         World {
             links: FakeLinks::default().with_link("eth0", true, true),
-            mounts: FakeMounts::new().with_file(IMG, 2 * GIB, 300 << 20).with_file(
-                "/pool/replicas/fs2/data.img",
-                2 * GIB,
-                0,
-            ),
+            mounts: FakeMounts::new()
+                .with_file(IMG, 2 * GIB, 300 << 20)
+                .with_file("/pool/replicas/fs2/data.img", 2 * GIB, 0),
             store,
             resources: resources(),
             _dir: dir,
@@ -66,12 +66,26 @@ impl World {
             resources: &self.resources,
             holder: &holder,
         };
-        precheck(&site, d, Purpose::Failover, &mut self.links, &mut self.mounts).unwrap()
+        precheck(
+            &site,
+            d,
+            Purpose::Failover,
+            &mut self.links,
+            &mut self.mounts,
+        )
+        .unwrap()
     }
 
     fn reserve(&mut self, d: &VfsDef, proceed: bool) -> super::Outcome {
         let r = self.check(d);
-        reserve(r, proceed, &mut self.store, &mut self.links, &mut self.mounts).unwrap()
+        reserve(
+            r,
+            proceed,
+            &mut self.store,
+            &mut self.links,
+            &mut self.mounts,
+        )
+        .unwrap()
     }
 }
 
@@ -84,7 +98,10 @@ fn a_sufficient_site_plans_a_macvlan_and_a_read_only_mount() {
     let mut w = World::new();
     let r = w.check(&def("fs1", MNT));
     assert!(r.sufficient, "{:#?}", r.discrepancies);
-    assert_eq!((r.links[0].parent.as_str(), r.links[0].name.as_str()), ("eth0", "fs1-0"));
+    assert_eq!(
+        (r.links[0].parent.as_str(), r.links[0].name.as_str()),
+        ("eth0", "fs1-0")
+    );
     assert_eq!(r.mounts[0].options, "nouuid,norecovery");
 }
 
@@ -108,13 +125,22 @@ fn each_shortage_is_one_precise_discrepancy() {
     assert_eq!(kinds(&w.check(&def("fs1", MNT))), [Kind::NoCarrier]);
     // The address is already here.
     let mut w = World::new();
-    w.links = w.links.clone().with_address("eth0", Ipv4Addr::new(198, 18, 0, 100), 24);
+    w.links = w
+        .links
+        .clone()
+        .with_address("eth0", Ipv4Addr::new(198, 18, 0, 100), 24);
     let r = w.check(&def("fs1", MNT));
     assert_eq!(kinds(&r), [Kind::AddressInUse]);
-    assert_eq!(r.discrepancies[0].found, "198.18.0.100/24 is configured on eth0");
+    assert_eq!(
+        r.discrepancies[0].found,
+        "198.18.0.100/24 is configured on eth0"
+    );
     // The pool is too small: 2 GiB - 300 MiB allocated + 1 GiB reserve needed.
     let mut w = World::new();
-    w.mounts.space = Some(super::mounts::Space { free: 2 * GIB, total: 4 * GIB });
+    w.mounts.space = Some(super::mounts::Space {
+        free: 2 * GIB,
+        total: 4 * GIB,
+    });
     let r = w.check(&def("fs1", MNT));
     assert_eq!(kinds(&r), [Kind::PoolTooSmall]);
     assert!(!r.discrepancies[0].blocks_access);
@@ -123,12 +149,18 @@ fn each_shortage_is_one_precise_discrepancy() {
     w.mounts = w.mounts.clone().with_mount("tmpfs", MNT, "tmpfs");
     let r = w.check(&def("fs1", MNT));
     assert_eq!(kinds(&r), [Kind::MountPointBusy]);
-    assert_eq!(r.discrepancies[0].found, "tmpfs from tmpfs is mounted there");
+    assert_eq!(
+        r.discrepancies[0].found,
+        "tmpfs from tmpfs is mounted there"
+    );
     // The replica is missing; an unsupported file system.
     let mut w = World::new();
     w.mounts.files.clear();
     w.mounts.filesystems.retain(|f| f != "xfs");
-    assert_eq!(kinds(&w.check(&def("fs1", MNT))), [Kind::ReplicaMissing, Kind::FsUnsupported]);
+    assert_eq!(
+        kinds(&w.check(&def("fs1", MNT))),
+        [Kind::ReplicaMissing, Kind::FsUnsupported]
+    );
 }
 
 #[test]
@@ -160,7 +192,11 @@ fn another_vfs_is_refused_the_same_link_and_mount_point_naming_the_holder() {
     other.interfaces[0].address = Ipv4Addr::new(198, 18, 0, 101);
     let r = w.check(&other);
     assert_eq!(kinds(&r), [Kind::LinkReserved, Kind::MountPointReserved]);
-    assert!(r.discrepancies.iter().all(|d| d.holder.as_deref() == Some("fs1")));
+    assert!(
+        r.discrepancies
+            .iter()
+            .all(|d| d.holder.as_deref() == Some("fs1"))
+    );
     assert_eq!(r.discrepancies[0].found, "eth0 is reserved by fs1");
     let o = w.reserve(&other, false);
     assert!(!o.reserved);
@@ -188,7 +224,11 @@ fn release_removes_exactly_what_was_reserved() {
     let actions: Vec<_> = steps.iter().map(|s| s.action.as_str()).collect();
     assert_eq!(actions, ["removed", "removed", "removed"]);
     assert_eq!(w.links.links.keys().collect::<Vec<_>>(), ["eth0"]);
-    assert_eq!(w.mounts.mounts().unwrap().len(), 1, "the foreign root mount stays");
+    assert_eq!(
+        w.mounts.mounts().unwrap().len(),
+        1,
+        "the foreign root mount stays"
+    );
     assert!(w.mounts.dirs.is_empty());
     assert!(w.store.reservations("fs1").unwrap().is_empty());
 }
@@ -225,5 +265,8 @@ fn reserving_again_keeps_the_record_that_the_mount_point_was_created() {
     w.reserve(&def("fs1", MNT), false);
     w.reserve(&def("fs1", MNT), false);
     release("fs1", &mut w.store, &mut w.links, &mut w.mounts).unwrap();
-    assert!(w.mounts.dirs.is_empty(), "the directory the reservation made is removed");
+    assert!(
+        w.mounts.dirs.is_empty(),
+        "the directory the reservation made is removed"
+    );
 }

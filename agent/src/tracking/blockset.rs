@@ -188,13 +188,18 @@ mod tests {
             let len = next() % 40;
             let b = (a + len).min(2000);
             s.insert(a, b);
-            bits[a as usize..b as usize].iter_mut().for_each(|x| *x = true);
+            bits[a as usize..b as usize]
+                .iter_mut()
+                .for_each(|x| *x = true);
         }
         for (i, &bit) in bits.iter().enumerate() {
             assert_eq!(s.contains(i as u64), bit, "block {i}");
         }
         assert_eq!(s.len(), bits.iter().filter(|&&b| b).count() as u64);
         let r = ranges(&s);
-        assert!(r.windows(2).all(|w| w[0].1 < w[1].0), "disjoint, not adjacent");
+        assert!(
+            r.windows(2).all(|w| w[0].1 < w[1].0),
+            "disjoint, not adjacent"
+        );
     }
 }

@@ -30,7 +30,7 @@ pub struct EbpfProbes {
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { map, source }
+    move |source| ProbeError::Map { map, source: Box::new(source) }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -41,13 +41,18 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(m).map_err(map_err(map))
 }
 
-fn attach(ebpf: &mut Ebpf, program: &'static str, category: &str, tp: &str) -> Result<(), ProbeError> {
-    let err = |source| ProbeError::Program { program, source };
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    tp: &str,
+) -> Result<(), ProbeError> {
+    let err = |source| ProbeError::Program { program, source: Box::new(source) };
     let p: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(ProbeError::Program {
             program,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
         })?
         .try_into()
         .map_err(err)?;
@@ -74,10 +79,14 @@ impl EbpfProbes {
         {
             let map = ebpf
                 .map_mut(names::BLOCK_LAYOUT)
-                .ok_or(ProbeError::MissingMap { map: names::BLOCK_LAYOUT })?;
+                .ok_or(ProbeError::MissingMap {
+                    map: names::BLOCK_LAYOUT,
+                })?;
             let mut array: Array<&mut MapData, BlockLayout> =
                 Array::try_from(map).map_err(map_err(names::BLOCK_LAYOUT))?;
-            array.set(0, layout, 0).map_err(map_err(names::BLOCK_LAYOUT))?;
+            array
+                .set(0, layout, 0)
+                .map_err(map_err(names::BLOCK_LAYOUT))?;
         }
         attach(&mut ebpf, names::BLOCK_PROGRAM, "block", "block_bio_queue")?;
         for (program, tp) in names::SYSCALL_PROGRAMS {
@@ -132,15 +141,14 @@ impl Probes for EbpfProbes {
             volume,
             ..Default::default()
         };
-        let values = PerCpuValues::try_from(vec![init; self.nr_cpus]).map_err(|e| {
-            ProbeError::Map {
+        let values =
+            PerCpuValues::try_from(vec![init; self.nr_cpus]).map_err(|e| ProbeError::Map {
                 map: names::WATCHED,
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                     call: "nr_cpus",
                     io_error: e,
-                }),
-            }
-        })?;
+                })),
+            })?;
         self.watched
             .insert(dev.kernel(), values, 0)
             .map_err(map_err(names::WATCHED))
@@ -158,7 +166,11 @@ impl Probes for EbpfProbes {
         // Pending slots first, then the ring: an extent moved from a slot to the ring in
         // between is then seen in the ring.
         let pending = self.pending.get(&0, 0).map_err(map_err(names::PENDING))?;
-        d.pending = pending.iter().filter(|e| e.nr_sectors != 0).copied().collect();
+        d.pending = pending
+            .iter()
+            .filter(|e| e.nr_sectors != 0)
+            .copied()
+            .collect();
         while let Some(item) = self.extents.next() {
             if item.len() >= size_of::<Extent>() {
                 // SAFETY: records are written by the kernel program as `Extent`.
@@ -168,7 +180,8 @@ impl Probes for EbpfProbes {
         }
         for entry in self.watched.iter() {
             let (dev, values) = entry.map_err(map_err(names::WATCHED))?;
-            d.volumes.push((DevId::from_kernel(dev), sum_volume(&values)));
+            d.volumes
+                .push((DevId::from_kernel(dev), sum_volume(&values)));
         }
         for entry in self.writers.iter() {
             let (pid, values) = entry.map_err(map_err(names::WRITERS))?;

@@ -21,7 +21,13 @@ pub fn ensure_tracefs() -> Result<PathBuf, ProbeError> {
     let (src, dst, fstype) = (c("nodev"), c(target), c("tracefs"));
     // SAFETY: valid C strings; no data argument.
     let r = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if r != 0 {
         return Err(ProbeError::Tracefs {
@@ -38,7 +44,10 @@ pub fn parse_block_format(text: &str, origin: &str) -> Result<BlockLayout, Probe
     let mut layout = BlockLayout::default();
     let mut found = [false; 4];
     for line in text.lines() {
-        let Some((decl, rest)) = line.trim().strip_prefix("field:").and_then(|l| l.split_once(';'))
+        let Some((decl, rest)) = line
+            .trim()
+            .strip_prefix("field:")
+            .and_then(|l| l.split_once(';'))
         else {
             continue;
         };
@@ -88,7 +97,10 @@ pub fn parse_block_format(text: &str, origin: &str) -> Result<BlockLayout, Probe
 
 fn number_after(text: &str, key: &str) -> Option<u32> {
     let start = text.find(key)? + key.len();
-    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -114,7 +126,10 @@ format:
     #[test]
     fn parses_the_6_18_layout() {
         let l = parse_block_format(BIO_QUEUE_6_18, "f").unwrap();
-        assert_eq!((l.dev, l.sector, l.nr_sector, l.rwbs, l.ready), (8, 16, 24, 28, 1));
+        assert_eq!(
+            (l.dev, l.sector, l.nr_sector, l.rwbs, l.ready),
+            (8, 16, 24, 28, 1)
+        );
     }
 
     #[test]

@@ -17,4 +17,6 @@ mod tests;
 pub use blockset::{BlockRange, BlockSet};
 pub use ebpf::EbpfProbes;
 pub use probes::{Drained, FakeProbes, ProbeError, Probes};
-pub use tracker::{Changes, ProbeCounters, TrackError, Tracker, TrackingStatus, VolumeStatus, WriterStatus};
+pub use tracker::{
+    Changes, ProbeCounters, TrackError, Tracker, TrackingStatus, VolumeStatus, WriterStatus,
+};

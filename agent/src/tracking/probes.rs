@@ -41,21 +41,27 @@ pub enum ProbeError {
         source: std::io::Error,
     },
     #[error("loading the eBPF programs failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("eBPF program {program}: {source}")]
     Program {
         program: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {map}: {source}")]
     Map {
         map: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("eBPF map {map} missing from the object")]
     MissingMap { map: &'static str },
     #[error("device {dev} is already watched")]
     AlreadyWatched { dev: DevId },
+}
+
+impl From<aya::EbpfError> for ProbeError {
+    fn from(e: aya::EbpfError) -> Self {
+        ProbeError::Load(Box::new(e))
+    }
 }
 
 /// The kernel side of write tracking.

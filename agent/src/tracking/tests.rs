@@ -19,7 +19,10 @@ fn setup() -> (Tracker, FakeProbes) {
 }
 
 fn ranges(c: &super::Changes) -> Vec<(u64, u64)> {
-    c.ranges.iter().map(|r: &BlockRange| (r.start, r.end)).collect()
+    c.ranges
+        .iter()
+        .map(|r: &BlockRange| (r.start, r.end))
+        .collect()
 }
 
 #[test]
@@ -74,7 +77,11 @@ fn rates_come_from_kernel_counters() {
     let s = t.status(10);
     let a = s.volumes.iter().find(|v| v.name == "a").unwrap();
     assert_eq!(a.written_bytes, 1 << 20);
-    assert!((a.write_bytes_per_s - (1 << 20) as f64).abs() < 1.0, "{}", a.write_bytes_per_s);
+    assert!(
+        (a.write_bytes_per_s - (1 << 20) as f64).abs() < 1.0,
+        "{}",
+        a.write_bytes_per_s
+    );
     assert_eq!(a.changed_bytes, 1 << 20);
     // Old samples leave the window: with no new writes the rate falls to zero.
     t.poll(&mut p, t0 + Duration::from_secs(20)).unwrap();

@@ -105,10 +105,7 @@ pub enum TrackError {
     #[error("no volume named {0:?} is watched")]
     UnknownVolume(String),
     #[error("volume {volume}: {source}")]
-    Probe {
-        volume: String,
-        source: ProbeError,
-    },
+    Probe { volume: String, source: ProbeError },
     #[error(transparent)]
     Drain(#[from] ProbeError),
 }
@@ -132,7 +129,12 @@ impl Tracker {
     }
 
     /// Starts watching `dev` as volume `name`; its mark starts now.
-    pub fn watch(&mut self, probes: &mut dyn Probes, name: &str, dev: DevId) -> Result<(), TrackError> {
+    pub fn watch(
+        &mut self,
+        probes: &mut dyn Probes,
+        name: &str,
+        dev: DevId,
+    ) -> Result<(), TrackError> {
         let id = self.next_id;
         probes.watch(dev, id).map_err(|source| TrackError::Probe {
             volume: name.to_owned(),
@@ -195,8 +197,11 @@ impl Tracker {
             }
             let dev = DevId::from_kernel(e.dev);
             if let Some(v) = self.volumes.iter_mut().find(|v| v.dev == dev) {
-                v.changed
-                    .insert_bytes(e.sector * SECTOR_SIZE, e.nr_sectors * SECTOR_SIZE, BLOCK_SIZE);
+                v.changed.insert_bytes(
+                    e.sector * SECTOR_SIZE,
+                    e.nr_sectors * SECTOR_SIZE,
+                    BLOCK_SIZE,
+                );
             }
         }
         for (dev, c) in &d.volumes {

@@ -141,7 +141,9 @@ pub fn attach_loop(
             // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
             let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
             if n < 0 {
-                return Err(io(volume, "LOOP_CTL_GET_FREE", ctl_path)(std::io::Error::last_os_error()));
+                return Err(io(volume, "LOOP_CTL_GET_FREE", ctl_path)(
+                    std::io::Error::last_os_error(),
+                ));
             }
             let path = PathBuf::from(format!("/dev/loop{n}"));
             let dev = OpenOptions::new()

@@ -168,7 +168,10 @@ mod tests {
         let d = DevId::new(7, 3);
         assert_eq!(d.kernel(), (7 << 20) | 3);
         assert_eq!(DevId::from_kernel(d.kernel()), d);
-        assert_eq!(DevId::from_rdev(libc::makedev(259, 1_048_000)), DevId::new(259, 1_048_000));
+        assert_eq!(
+            DevId::from_rdev(libc::makedev(259, 1_048_000)),
+            DevId::new(259, 1_048_000)
+        );
         assert_eq!(d.to_string(), "7:3");
     }
 
