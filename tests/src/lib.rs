@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 pub mod agent;
+pub mod check;
 mod cmd;
 mod daemon;
 mod guard;

@@ -3,9 +3,8 @@
 //! live in the lab's XFS (reflink=1) pool.
 use std::{
     fs::File,
-    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    io::{Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -18,17 +17,7 @@ use vfsdr::replication::{
 };
 use vfsdr_lab::{Lab, MIB, Volume, require_root};
 
-const BLOCK: usize = 4096;
-
-fn sh(script: &str) -> anyhow::Result<()> {
-    let out = Command::new("sh").args(["-ec", script]).output()?;
-    ensure!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
+use vfsdr_lab::check::{BLOCK, differing_blocks, sh};
 
 /// One cycle's point in time: optionally pre-flush each volume, freeze all of them, clone each
 /// image to `<image>.<tag>`, thaw all (always, even if a clone failed). Returns the clones and
@@ -81,42 +70,6 @@ fn apply(fs: &mut SystemImages, changes: &[Change], from: &Path, to: &Path) -> a
     }
     fs.fsync(to)?;
     Ok(())
-}
-
-/// The number of 4 KiB blocks that differ between two files of the same size.
-fn differing_blocks(a: &Path, b: &Path) -> anyhow::Result<u64> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    ensure!(
-        fa.metadata()?.len() == fb.metadata()?.len(),
-        "{} and {} differ in size",
-        a.display(),
-        b.display()
-    );
-    let (mut ba, mut bb) = (vec![0u8; 256 * BLOCK], vec![0u8; 256 * BLOCK]);
-    let mut n_diff = 0;
-    loop {
-        let n = read_full(&mut fa, &mut ba)?;
-        ensure!(read_full(&mut fb, &mut bb)? == n, "short read");
-        if n == 0 {
-            return Ok(n_diff);
-        }
-        n_diff += ba[..n]
-            .chunks(BLOCK)
-            .zip(bb[..n].chunks(BLOCK))
-            .filter(|(x, y)| x != y)
-            .count() as u64;
-    }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> anyhow::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -174,7 +127,7 @@ fn extent_changes_reproduce_the_next_clone() -> anyhow::Result<()> {
         }
         let (next, window, _) = snapshot(&mut fs, &[&vol], &format!("c{}", i + 1), true)?;
         let (p, n) = (&prev[0], &next[0]);
-        let differ = differing_blocks(p, n)? * BLOCK as u64;
+        let differ = differing_blocks(p, n)?.len() as u64 * BLOCK as u64;
         let t = Instant::now();
         let (pe, ne) = (fs.extents(p)?, fs.extents(n)?);
         let fiemap = t.elapsed();
@@ -187,7 +140,7 @@ fn extent_changes_reproduce_the_next_clone() -> anyhow::Result<()> {
             let replica = p.with_extension(format!("r{block}"));
             fs.clone_file(p, &replica)?;
             apply(&mut fs, &changes, n, &replica)?;
-            let left = differing_blocks(&replica, n)?;
+            let left = differing_blocks(&replica, n)?.len();
             eprintln!(
                 "{phase}, {} KiB blocks: {} + {} extents, {} changes: {:.2} MiB data + {:.2} MiB zero \
                  for {:.2} MiB really differing; window {window:.1?}, FIEMAP {fiemap:.1?}, diff {diff_time:.1?}",

@@ -1,32 +1,18 @@
 //! Root tests of block-level replication between two lab sites: the active site's agent clones
 //! its volumes in a group freeze and ships the changed blocks over the peer link; the DR site
 //! commits a snapshot whose file systems hold exactly what the active ones held.
-use std::{
-    path::Path,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use vfsdr_lab::{
     Lab, Volume,
     agent::{Agent, make_certs, write_config_with_peers},
+    check::{sh, wait_for},
     require_root,
 };
 
 const MIB: u64 = 1 << 20;
-
-fn sh(script: &str) -> anyhow::Result<String> {
-    let out = Command::new("sh").args(["-ec", script]).output()?;
-    ensure!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Mounts a snapshot image read-only (a clone of a frozen XFS: `nouuid,norecovery`), runs `f`
 /// on the mount point, unmounts.
@@ -58,17 +44,6 @@ fn same_tree(a: &Path, b: &Path) -> anyhow::Result<()> {
         "trees differ:\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    Ok(())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f()? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
     Ok(())
 }
 
@@ -107,7 +82,7 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     )?;
     let agent_b = Agent::start(&b, &b_config)?;
     let agent_a = Agent::start(&a, &a_config)?;
-    wait_for("the definition at site-b", || {
+    wait_for("the definition at site-b", Duration::from_secs(30), || {
         Ok(agent_b.cli(["vfs"])?.contains("fs1"))
     })?;
 

@@ -3,29 +3,19 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use vfsdr_lab::{
     Lab, Site,
     agent::{Agent, make_certs, write_config_with_peers},
+    check::{sh, wait_for},
     require_root, service_address,
 };
 
 const MIB: u64 = 1 << 20;
-
-fn sh(script: &str) -> anyhow::Result<String> {
-    let out = Command::new("sh").args(["-ec", script]).output()?;
-    ensure!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn vfs_yaml(name: &str, dr: &str, mount: &Path, address_host: u8) -> String {
     format!(
@@ -70,27 +60,18 @@ fn make_replica(site: &Site, vfs: &str) -> anyhow::Result<PathBuf> {
     Ok(image)
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Waits until `agent` lists `vfs` (received from its active site).
 fn wait_definition(agent: &Agent, vfs: &str) -> anyhow::Result<()> {
-    wait_for(&format!("the definition of {vfs}"), || {
-        let list: Value = serde_json::from_str(&agent.cli(["vfs", "--json"])?)?;
-        Ok(list
-            .as_array()
-            .is_some_and(|l| l.iter().any(|v| v["name"] == vfs)))
-    })
+    wait_for(
+        &format!("the definition of {vfs}"),
+        Duration::from_secs(30),
+        || {
+            let list: Value = serde_json::from_str(&agent.cli(["vfs", "--json"])?)?;
+            Ok(list
+                .as_array()
+                .is_some_and(|l| l.iter().any(|v| v["name"] == vfs)))
+        },
+    )
 }
 
 fn json(out: &str) -> anyhow::Result<Value> {
@@ -113,7 +94,7 @@ fn reload(agent: &Agent, config: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(config, text)?;
     // SAFETY: signals the agent this test started, by its pid.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
-    wait_for("the reload", || {
+    wait_for("the reload", Duration::from_secs(30), || {
         let log = agent.log_text();
         ensure!(
             !log.contains("config_reload_failed"),

@@ -1,32 +1,15 @@
 //! Root tests of eBPF write tracking on real loop-backed XFS volumes in the lab.
-use std::{
-    fs::File,
-    io::Read as _,
-    path::Path,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use vfsdr_lab::{
     Lab,
     agent::{Agent, vfsdr_bin, write_config},
+    check::{differing_blocks, sh, wait_for},
     require_root,
 };
 
-const BLOCK: usize = 4096;
 const MIB: u64 = 1 << 20;
-
-fn sh(script: &str) -> anyhow::Result<()> {
-    let out = Command::new("sh").args(["-ec", script]).output()?;
-    ensure!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// Freezes the file system, runs `f`, thaws it again even if `f` failed.
 fn frozen<T>(mount: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -34,42 +17,6 @@ fn frozen<T>(mount: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
     let r = f();
     sh(&format!("fsfreeze -u '{}'", mount.display()))?;
     r
-}
-
-/// Indexes of the 4 KiB blocks that differ between two images of the same size.
-fn differing_blocks(a: &Path, b: &Path) -> anyhow::Result<Vec<u64>> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    ensure!(
-        fa.metadata()?.len() == fb.metadata()?.len(),
-        "images differ in size"
-    );
-    let mut out = Vec::new();
-    let (mut ba, mut bb) = (vec![0u8; 256 * BLOCK], vec![0u8; 256 * BLOCK]);
-    let mut block = 0u64;
-    loop {
-        let n = read_full(&mut fa, &mut ba)?;
-        ensure!(read_full(&mut fb, &mut bb)? == n, "short read");
-        if n == 0 {
-            return Ok(out);
-        }
-        for (ca, cb) in ba[..n].chunks(BLOCK).zip(bb[..n].chunks(BLOCK)) {
-            if ca != cb {
-                out.push(block);
-            }
-            block += 1;
-        }
-    }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> anyhow::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Every 4 KiB block that changed on the volume is in the tracked set, for buffered writes,
@@ -252,7 +199,9 @@ fn reload_and_clean_stop() -> anyhow::Result<()> {
         "version: 2\nsite: {name: site-a}\nvolumes: [{name: x}]\n",
     )?;
     signal(agent.pid(), libc::SIGHUP);
-    wait_for(|| agent.log_text().contains("config_reload_failed"))?;
+    wait_for("the failed reload", Duration::from_secs(10), || {
+        Ok(agent.log_text().contains("config_reload_failed"))
+    })?;
     ensure!(
         agent.log_text().contains("volumes[0]"),
         "reload error does not name the field:\n{}",
@@ -265,7 +214,9 @@ fn reload_and_clean_stop() -> anyhow::Result<()> {
         &format!("{one}  - name: spare\n    image: {}\n", spare.display()),
     )?;
     signal(agent.pid(), libc::SIGHUP);
-    wait_for(|| agent.log_text().contains("config_reloaded"))?;
+    wait_for("the reload", Duration::from_secs(10), || {
+        Ok(agent.log_text().contains("config_reloaded"))
+    })?;
     let status = agent.status()?;
     let vols = status["volumes"].as_array().context("volumes")?;
     ensure!(vols.len() == 2, "{status}");
@@ -286,15 +237,4 @@ fn reload_and_clean_stop() -> anyhow::Result<()> {
 fn signal(pid: u32, sig: i32) {
     // SAFETY: signals the agent this test started, by its pid.
     unsafe { libc::kill(pid as i32, sig) };
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        if Instant::now() > deadline {
-            bail!("timed out");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
