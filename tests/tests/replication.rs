@@ -113,7 +113,25 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         "dd if=/dev/urandom of='{m}/big' bs=4k count=10 seek=100 conv=notrunc status=none; \
          echo new > '{m}/dir/new'; rm '{m}/dir/f7'; sync"
     ))?;
+    // What was written since the last cycle is the data at risk, tracked by eBPF.
+    let at_risk = |agent: &Agent| -> anyhow::Result<u64> {
+        let status: Value = serde_json::from_str(&agent.cli(["status", "--json"])?)?;
+        let vols = status["tracking"]["volumes"]
+            .as_array()
+            .context("volumes")?
+            .clone();
+        let v = vols
+            .iter()
+            .find(|v| v["name"] == "fs1/data")
+            .context("fs1/data is not tracked")?;
+        Ok(v["changed_bytes"].as_u64().unwrap_or(0))
+    };
+    ensure!(
+        at_risk(&agent_a)? >= 40 * 1024,
+        "the overwrite is not at risk"
+    );
     let r2 = replicate(false)?;
+    ensure!(at_risk(&agent_a)? < MIB, "the cycle did not take the mark");
     ensure!(
         r2["cycle"].as_u64() == r1["cycle"].as_u64().map(|c| c + 1),
         "{r1} then {r2}"

@@ -112,7 +112,8 @@ impl Agent {
             started: Instant::now(),
         };
         agent.record_local_definitions()?;
-        let opened = agent.open_all(&config.volumes, &[])?;
+        let volumes = agent.tracked_volumes(&config);
+        let opened = agent.open_all(&volumes, &[])?;
         agent.watch_all(opened)?;
         agent.reconcile_reservations()?;
         Ok(agent)
@@ -120,6 +121,46 @@ impl Agent {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The volumes to track: those configured, and the volumes of the VFSs active here whose
+    /// images exist (tracked as `<vfs>/<volume>`: their changes since the last cycle are the
+    /// data at risk).
+    fn tracked_volumes(&mut self, config: &Config) -> Vec<config::Volume> {
+        let mut out = config.volumes.clone();
+        let Some(pool) = config.resources.pool.as_ref() else {
+            return out;
+        };
+        for def in &config.vfs {
+            for v in &def.volumes {
+                let image = super::volume_image(&pool.path, &def.name, &v.name);
+                if self.devices.image_exists(&image) {
+                    out.push(config::Volume {
+                        name: format!("{}/{}", def.name, v.name),
+                        source: VolumeSource::Image(image),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts a new mark on every tracked volume of `vfs` (at the start of a cycle, before its
+    /// pre-flush); returns the bytes changed since the previous mark.
+    pub fn take_vfs_marks(&mut self, vfs: &str) -> u64 {
+        let _ = self.poll();
+        let prefix = format!("{vfs}/");
+        let names: Vec<String> = self
+            .tracker
+            .volume_names()
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        names
+            .iter()
+            .filter_map(|n| self.tracker.take_mark(n).ok())
+            .map(|c| c.blocks * c.block_size)
+            .sum()
     }
 
     /// Opens the given volumes (nothing is watched yet); on error, everything opened here is
@@ -192,13 +233,13 @@ impl Agent {
     /// released, new ones are opened and watched. New volumes are all opened before anything is
     /// released, so a volume that cannot be opened leaves the running state untouched.
     pub fn apply(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
+        let wanted = self.tracked_volumes(&new);
         let stays = |o: &Opened| {
-            new.volumes
+            wanted
                 .iter()
                 .any(|v| v.name == o.name && v.source == o.source)
         };
-        let to_add: Vec<config::Volume> = new
-            .volumes
+        let to_add: Vec<config::Volume> = wanted
             .iter()
             .filter(|v| {
                 !self

@@ -208,12 +208,12 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 }
                 Handled::Now(response) => { let _ = reply.send(response); }
                 Handled::Forward { peer, message } => forward(link.as_ref(), &peer, message, reply),
-                Handled::Cycle(def) => cycles.start(&agent, link.as_ref(), def, Some(reply), &done_tx),
+                Handled::Cycle(def) => cycles.start(&mut agent, link.as_ref(), def, Some(reply), &done_tx),
             },
             Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config()),
             _ = cycle_tick.tick(), if link.is_some() => {
                 for def in cycles.due(agent.config()) {
-                    cycles.start(&agent, link.as_ref(), def, None, &done_tx);
+                    cycles.start(&mut agent, link.as_ref(), def, None, &done_tx);
                 }
             }
             Some(done) = done_rx.recv() => cycles.finish(&site, done),
@@ -374,7 +374,7 @@ impl Cycles {
 
     fn start(
         &mut self,
-        agent: &Agent,
+        agent: &mut Agent,
         link: Option<&PeerLink>,
         def: crate::config::VfsDef,
         reply: Option<oneshot::Sender<Response>>,
@@ -412,6 +412,10 @@ impl Cycles {
             }
             return;
         };
+        // The mark is taken before the cycle's pre-flush: what is written from here on is at
+        // risk until the next cycle (what is written until the freeze is also in this one).
+        let at_risk = agent.take_vfs_marks(&def.name);
+        tracing::debug!(vfs = %def.name, event = "cycle_starting", at_risk_bytes = at_risk, "cycle starting");
         let interval = Duration::from_secs(def.replication.interval_s);
         self.next_due
             .insert(def.name.clone(), Instant::now() + interval);

@@ -357,3 +357,51 @@ mod vfs {
         );
     }
 }
+
+mod at_risk {
+    use super::*;
+    use crate::config::{Pool, Resources, test_vfs};
+
+    #[test]
+    fn vfs_volumes_are_tracked_and_a_cycle_takes_their_mark() {
+        let probes = FakeProbes::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&[]);
+        cfg.resources = Resources {
+            pool: Some(Pool {
+                path: "/pool".into(),
+                reserve_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        cfg.vfs = vec![
+            test_vfs("fs1", "site-b", "/m1"),
+            test_vfs("fs2", "site-b", "/m2"),
+        ];
+        // fs1's image exists; fs2's was not created yet.
+        let devices = devices().with_image("/pool/volumes/fs1/data.img");
+        let kernel = Kernel {
+            probes: Box::new(probes.clone()),
+            devices: Box::new(devices),
+            links: Box::new(FakeLinks::default()),
+            mounts: Box::new(FakeMounts::new()),
+        };
+        let mut agent = Agent::start(
+            "/c.yaml".as_ref(),
+            cfg,
+            kernel,
+            Store::open(dir.path()).unwrap(),
+        )
+        .unwrap();
+        let Response::Status(s) = now(agent.handle(Request::Status)) else {
+            panic!()
+        };
+        let names: Vec<&str> = s.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["fs1/data"]);
+        let dev = *probes.state.lock().unwrap().watched.keys().next().unwrap();
+        probes.write(dev, EXTENT_WRITE, 0, 16);
+        assert_eq!(agent.take_vfs_marks("fs1"), 2 * 4096);
+        assert_eq!(agent.take_vfs_marks("fs1"), 0, "a new mark starts");
+        assert_eq!(agent.take_vfs_marks("fs2"), 0);
+    }
+}

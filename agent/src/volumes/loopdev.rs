@@ -178,6 +178,10 @@ pub fn attach_loop(
 }
 
 impl BlockDevices for SystemDevices {
+    fn image_exists(&mut self, image: &Path) -> bool {
+        image.is_file()
+    }
+
     fn open(&mut self, volume: &str, source: &VolumeSource) -> Result<Device, VolumeError> {
         match source {
             VolumeSource::Device(path) => self.block(volume, path),

@@ -93,6 +93,8 @@ pub trait BlockDevices: Send {
     /// Opens the block device of `source`: a block device as it is, an image through the loop
     /// device it is attached to, attaching one (read-write, autoclear) if none is.
     fn open(&mut self, volume: &str, source: &VolumeSource) -> Result<Device, VolumeError>;
+    /// Whether an image file exists (a VFS volume not created yet is not tracked).
+    fn image_exists(&mut self, image: &Path) -> bool;
 }
 
 /// Devices for tests: a table from path to device number. An image not yet "attached" gets
@@ -118,6 +120,10 @@ impl FakeDevices {
 }
 
 impl BlockDevices for FakeDevices {
+    fn image_exists(&mut self, image: &Path) -> bool {
+        self.files.iter().any(|f| f == image)
+    }
+
     fn open(&mut self, volume: &str, source: &VolumeSource) -> Result<Device, VolumeError> {
         let not_found = |path: &Path| VolumeError::NotFound {
             volume: volume.to_owned(),
