@@ -75,6 +75,9 @@ pub enum Response {
     Snapshots {
         vfs: String,
         snapshots: Vec<crate::state::Snapshot>,
+        /// The file system of each volume (kernel name), for mounting its images.
+        #[serde(default)]
+        filesystems: std::collections::BTreeMap<String, String>,
     },
     Error {
         message: String,

@@ -110,6 +110,9 @@ enum Command {
         #[command(flatten)]
         target: AgentTarget,
     },
+    /// Mount or unmount a snapshot read-only, for browsing and single-file restore.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// List the snapshots of VFS kept at this (DR) site.
     Snapshots {
         vfs: String,
@@ -128,6 +131,20 @@ enum Command {
     /// Create the peer link's certificates (a CA, and one certificate per site).
     #[command(subcommand)]
     Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Mount snapshot ID of VFS read-only at DIR (one volume: DIR; several: DIR/<volume>).
+    Mount {
+        vfs: String,
+        id: u64,
+        dir: PathBuf,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Unmount what `snapshot mount` mounted at DIR.
+    Umount { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +283,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Release { vfs, json, target } => vfs::release(&target.socket()?, vfs, json),
         Command::Vfs { json, target } => vfs::list(&target.socket()?, json),
         Command::Snapshots { vfs, json, target } => vfs::snapshots(&target.socket()?, vfs, json),
+        Command::Snapshot(SnapshotCommand::Mount {
+            vfs,
+            id,
+            dir,
+            target,
+        }) => vfs::mount_snapshot(&target.socket()?, vfs, id, &dir),
+        Command::Snapshot(SnapshotCommand::Umount { dir }) => vfs::umount_snapshot(&dir),
         Command::Replicate {
             vfs,
             now: _,

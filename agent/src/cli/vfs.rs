@@ -212,7 +212,7 @@ pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
 
 pub fn snapshots(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Result<ExitCode> {
     match api::call(socket, &Request::Snapshots { vfs })? {
-        Response::Snapshots { vfs, snapshots } => {
+        Response::Snapshots { vfs, snapshots, .. } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&snapshots)?);
                 return Ok(ExitCode::SUCCESS);
@@ -242,6 +242,71 @@ pub fn snapshots(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
+}
+
+/// Mounts the images of a snapshot read-only (a loop device each; `ro,nouuid,norecovery` for
+/// XFS, as the clone of a frozen file system needs).
+pub fn mount_snapshot(
+    socket: &std::path::Path,
+    vfs: String,
+    id: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use crate::resources::{Mounts as _, SystemMounts, precheck::ro_options};
+    let (snapshots, filesystems) =
+        match api::call(socket, &Request::Snapshots { vfs: vfs.clone() })? {
+            Response::Snapshots {
+                snapshots,
+                filesystems,
+                ..
+            } => (snapshots, filesystems),
+            Response::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from the agent: {other:?}"),
+        };
+    let Some(snap) = snapshots.into_iter().find(|s| s.id == id) else {
+        bail!("VFS {vfs} has no snapshot {id} at this site (`vfsdr snapshots {vfs}` lists them)");
+    };
+    let mut mounts = SystemMounts;
+    let single = snap.images.len() == 1;
+    for image in &snap.images {
+        let target = if single {
+            dir.to_owned()
+        } else {
+            dir.join(&image.volume)
+        };
+        if mounts.mounts()?.iter().any(|m| m.target == target) {
+            bail!("{} is already a mount point", target.display());
+        }
+        mounts.make_dir(&target)?;
+        let fstype = filesystems.get(&image.volume).map_or("xfs", String::as_str);
+        let device = mounts.mount_image_ro(&image.path, &target, fstype, ro_options(fstype))?;
+        println!(
+            "snapshot {id} of {vfs}, volume {}: {} (read-only, {})",
+            image.volume,
+            target.display(),
+            device.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn umount_snapshot(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use crate::resources::{Mounts as _, SystemMounts};
+    let mut mounts = SystemMounts;
+    let under: Vec<_> = mounts
+        .mounts()?
+        .into_iter()
+        .filter(|m| m.target.starts_with(dir))
+        .map(|m| m.target)
+        .collect();
+    if under.is_empty() {
+        bail!("nothing is mounted at {}", dir.display());
+    }
+    for t in under.iter().rev() {
+        mounts.unmount(t)?;
+        println!("unmounted {}", t.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn list(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -323,9 +323,15 @@ impl Agent {
             Ok((None, _)) => Response::Error {
                 message: format!("unknown VFS {vfs} at site {}", self.site_name()),
             },
-            Ok((Some(_), snapshots)) => Response::Snapshots {
+            Ok((Some(stored), snapshots)) => Response::Snapshots {
                 vfs: vfs.to_owned(),
                 snapshots,
+                filesystems: stored
+                    .def
+                    .volumes
+                    .iter()
+                    .map(|v| (v.name.clone(), v.filesystem.kernel_name().to_owned()))
+                    .collect(),
             },
             Err(e) => Response::Error {
                 message: e.to_string(),
