@@ -30,6 +30,22 @@ pub fn volume_image(pool: &Path, vfs: &str, volume: &str) -> PathBuf {
     pool.join("volumes").join(vfs).join(format!("{volume}.img"))
 }
 
+/// The VFSs whose cycle is being received at this (DR) site.
+static RECEIVING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Removes its VFS from [`RECEIVING`] when the receiving task ends, however it ends.
+struct Receiving(String);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        RECEIVING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
 /// DR site: takes a data connection's cycle into the replicas and the catalog.
 pub fn accept(conn: DataConn, config: &Config) {
     let site = config.site.name.clone();
@@ -39,7 +55,19 @@ pub fn accept(conn: DataConn, config: &Config) {
         return;
     };
     let state_dir = config.state_dir.clone();
+    // One cycle per VFS at a time: a second connection (a sender that restarted while its old
+    // connection lingers) must not undo the cycle in flight.
+    if !RECEIVING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(conn.vfs.clone())
+    {
+        tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
+            "a cycle of this VFS is already being received; connection dropped");
+        return;
+    }
     tokio::spawn(async move {
+        let _done = Receiving(conn.vfs.clone());
         let store = match Store::open(&state_dir) {
             Ok(s) => s,
             Err(e) => {

@@ -1,6 +1,8 @@
 //! A cycle over a data connection: [`send`] on the active site (frames from the pieces of a
 //! delta), [`receive`] on the DR site (frames checked, handed to a [`Sink`] on a thread of its
 //! own, `Committed` or `Refused` answered).
+use std::time::Duration;
+
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{mpsc, oneshot},
@@ -14,8 +16,26 @@ use super::{
 };
 use crate::state::Snapshot;
 
+/// How long the receiver waits for the sender's next frame before giving the cycle up.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the sender waits for `Committed` after `Commit`.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The next frame, or a timeout error.
+async fn next_within<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    limit: Duration,
+) -> Result<Frame, SessionError> {
+    match tokio::time::timeout(limit, reader.next()).await {
+        Ok(frame) => Ok(frame?),
+        Err(_) => Err(SessionError::Timeout { after: limit }),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    #[error("the peer sent nothing for {after:?}")]
+    Timeout { after: Duration },
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error(transparent)]
@@ -83,7 +103,8 @@ where
     }
     .await;
     // Whether sending worked or not, the DR site may have said why it stopped.
-    let answer = reader.next().await;
+    // Committing fsyncs and reflinks every replica: allow it time.
+    let answer = next_within(&mut reader, COMMIT_TIMEOUT).await;
     match (sent, answer) {
         (_, Ok(Frame::Refused { reason })) => Err(SessionError::Refused {
             cycle: begin.cycle,
@@ -99,7 +120,7 @@ where
             expected: "committed",
             got: other.kind(),
         }),
-        (Ok(()), Err(e)) => Err(e.into()),
+        (Ok(()), Err(e)) => Err(e),
     }
 }
 
@@ -148,7 +169,7 @@ async fn receive_frames<R: AsyncRead + Unpin>(
     from: &str,
     jobs: &mpsc::Sender<Job>,
 ) -> Result<Snapshot, SessionError> {
-    let begin = match reader.next().await? {
+    let begin = match next_within(reader, FRAME_TIMEOUT).await? {
         Frame::Begin(b) => b,
         other => {
             return Err(SessionError::Unexpected {
@@ -165,7 +186,7 @@ async fn receive_frames<R: AsyncRead + Unpin>(
         .map_err(|_| SessionError::SinkGone)?;
     rx.await.map_err(|_| SessionError::SinkGone)??;
     loop {
-        let frame = reader.next().await?;
+        let frame = next_within(reader, FRAME_TIMEOUT).await?;
         check_bounds(&frame, &begin.volumes)?;
         let job = match frame {
             Frame::Data {

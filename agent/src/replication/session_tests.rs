@@ -175,3 +175,11 @@ async fn snapshots_outside_the_retention_grid_are_pruned_after_a_commit() {
             .contains(&PathBuf::from("/b/pool/snapshots/fs1/2/data.img"))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_sender_is_given_up_after_the_frame_timeout() {
+    let w = world();
+    let (_a, b) = tokio::io::duplex(1024);
+    let e = receive(b, "site-a", w.sink()).await.unwrap_err();
+    assert!(matches!(e, SessionError::Timeout { .. }), "{e}");
+}
