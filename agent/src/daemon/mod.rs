@@ -146,6 +146,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let mut link = PeerLink::start(agent.config(), peer_tx, data_tx).await?;
     let mut cycles = Cycles::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CycleDone>();
+    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<String>();
     let mut cycle_tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(
         site = %site,
@@ -210,7 +211,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 Handled::Forward { peer, message } => forward(link.as_ref(), &peer, message, reply),
                 Handled::Cycle(def) => cycles.start(&mut agent, link.as_ref(), def, Some(reply), &done_tx),
             },
-            Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config()),
+            Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config(), committed_tx.clone()),
+            Some(vfs) = committed_rx.recv() => agent.refresh_reserved_mounts(&vfs),
             _ = cycle_tick.tick(), if link.is_some() => {
                 for def in cycles.due(agent.config()) {
                     cycles.start(&mut agent, link.as_ref(), def, None, &done_tx);

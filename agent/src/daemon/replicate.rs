@@ -47,7 +47,13 @@ impl Drop for Receiving {
 }
 
 /// DR site: takes a data connection's cycle into the replicas and the catalog.
-pub fn accept(conn: DataConn, config: &Config) {
+/// When the cycle is committed, its VFS is sent on `committed` (so the main loop refreshes the
+/// reserved mount points).
+pub fn accept(
+    conn: DataConn,
+    config: &Config,
+    committed: tokio::sync::mpsc::UnboundedSender<String>,
+) {
     let site = config.site.name.clone();
     let Some(pool) = config.resources.pool.as_ref().map(|p| p.path.clone()) else {
         tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
@@ -83,6 +89,7 @@ pub fn accept(conn: DataConn, config: &Config) {
         let started = Instant::now();
         match session::receive(conn.stream, &conn.from, sink).await {
             Ok(s) => {
+                let _ = committed.send(s.vfs.clone());
                 tracing::info!(site = %site, vfs = %s.vfs, peer = %conn.from, event = "cycle_committed",
                 cycle = s.cycle, snapshot = s.id, changed_bytes = s.changed_bytes, shipped_bytes = s.shipped_bytes,
                 duration_ms = started.elapsed().as_millis() as u64, "snapshot committed")

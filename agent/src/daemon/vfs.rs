@@ -248,10 +248,18 @@ impl Agent {
     fn precheck(&mut self, def: &VfsDef, purpose: Purpose) -> Result<Report, String> {
         let store = &self.store;
         let holder = |k: ResourceKind, r: &str| store.holder(k, r).ok().flatten();
+        let latest = |vfs: &str, volume: &str| {
+            let snap = store.latest_snapshot(vfs).ok().flatten()?;
+            snap.images
+                .into_iter()
+                .find(|i| i.volume == volume)
+                .map(|i| i.path)
+        };
         let site = Site {
             name: &self.config.site.name,
             resources: &self.config.resources,
             holder: &holder,
+            latest_image: &latest,
         };
         let report = resources::precheck(
             &site,
@@ -336,6 +344,32 @@ impl Agent {
             Err(e) => Response::Error {
                 message: e.to_string(),
             },
+        }
+    }
+
+    /// After a snapshot of `vfs` was committed here: its reserved mount points take it.
+    pub fn refresh_reserved_mounts(&mut self, vfs: &str) {
+        let site = self.config.site.name.clone();
+        let latest = match self.store.latest_snapshot(vfs) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(site = %site, vfs = %vfs, event = "reservation_refresh_failed", error = %e, "cannot read the catalog");
+                return;
+            }
+        };
+        match resources::refresh(vfs, &latest, &mut self.store, self.mounts.as_mut()) {
+            Ok(steps) => {
+                for s in steps.iter().filter(|s| s.action != "present") {
+                    tracing::info!(site = %site, vfs = %vfs, event = "reservation_refreshed",
+                        resource = %s.resource, action = %s.action, detail = %s.detail,
+                        "reserved mount point follows the latest snapshot");
+                }
+            }
+            Err(e) => {
+                tracing::error!(site = %site, vfs = %vfs, event = "reservation_refresh_failed",
+                error = %e, "reserved mount points keep the older snapshot")
+            }
         }
     }
 

@@ -18,6 +18,6 @@ mod tests;
 pub use mounts::{FakeMounts, Mounts};
 pub use net::{FakeLinks, Links};
 pub use precheck::{Discrepancy, Kind, Purpose, Report, ResourceError, precheck, replica_image};
-pub use reserve::{Outcome, Step, reconcile, release, reserve};
+pub use reserve::{Outcome, Step, reconcile, refresh, release, reserve};
 pub use rtnl::RtnlLinks;
 pub use sysmounts::SystemMounts;

@@ -131,6 +131,9 @@ pub struct Site<'a> {
     pub resources: &'a Resources,
     /// Which VFS holds a resource, from the state store.
     pub holder: &'a dyn Fn(ResourceKind, &str) -> Option<String>,
+    /// The image of a volume in the VFS's latest snapshot at this site, if it has one: reserved
+    /// mount points hold the latest consistent state, never the replica being written.
+    pub latest_image: &'a dyn Fn(&str, &str) -> Option<PathBuf>,
 }
 
 pub fn precheck(
@@ -288,9 +291,10 @@ pub fn precheck(
                 holder: Some(h),
             });
         } else if let Some(m) = mounted.iter().rev().find(|m| m.target == vol.mount) {
-            let ours = (site.holder)(ResourceKind::Mount, &target).as_deref()
-                == Some(def.name.as_str())
-                && mounts.loop_backing(&m.source).as_deref() == Some(image.as_path());
+            // What a reservation of this VFS holds there (a snapshot, refreshed after each
+            // cycle) is its own.
+            let ours =
+                (site.holder)(ResourceKind::Mount, &target).as_deref() == Some(def.name.as_str());
             if !ours {
                 usable = false;
                 r.discrepancies.push(Discrepancy {
@@ -317,7 +321,7 @@ pub fn precheck(
         if usable {
             r.mounts.push(PlannedMount {
                 volume: vol.name.clone(),
-                image,
+                image: (site.latest_image)(&def.name, &vol.name).unwrap_or(image),
                 target: vol.mount.clone(),
                 fstype: fstype.into(),
                 options: ro_options(fstype).into(),

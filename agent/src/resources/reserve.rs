@@ -64,9 +64,15 @@ pub fn reserve(
         for l in &report.links {
             steps.push(ensure_link(l, links, &mut undo)?);
         }
+        let held: Vec<PathBuf> = store
+            .reservations(&vfs)?
+            .iter()
+            .filter(|r| r.kind == ResourceKind::Mount)
+            .map(|r| PathBuf::from(&r.resource))
+            .collect();
         let mut created_dirs = Vec::new();
         for m in &report.mounts {
-            let (s, created) = ensure_mount(m, mounts, &mut undo)?;
+            let (s, created) = ensure_mount(m, held.contains(&m.target), mounts, &mut undo)?;
             steps.push(s);
             created_dirs.push(created);
         }
@@ -171,8 +177,11 @@ fn ensure_link(
     ))
 }
 
+/// Mounts `m` unless it is there. `held`: the VFS already holds this mount point, and what is
+/// mounted there is its (possibly older) snapshot.
 fn ensure_mount(
     m: &PlannedMount,
+    held: bool,
     mounts: &mut dyn Mounts,
     undo: &mut Undo,
 ) -> Result<(Step, bool), ResourceError> {
@@ -182,7 +191,7 @@ fn ensure_mount(
         .into_iter()
         .rev()
         .find(|e| e.target == m.target)
-        && mounts.loop_backing(&e.source).as_deref() == Some(m.image.as_path())
+        && (held || mounts.loop_backing(&e.source).as_deref() == Some(m.image.as_path()))
     {
         return Ok((
             step(
@@ -343,7 +352,7 @@ pub fn reconcile(
                     }
                     _ => {
                         let mut undo = Undo::default();
-                        match ensure_mount(&m, mounts, &mut undo) {
+                        match ensure_mount(&m, false, mounts, &mut undo) {
                             Ok((s, _)) if s.action == "created" => {
                                 step(s.resource, "recreated", s.detail)
                             }
@@ -361,4 +370,69 @@ pub fn reconcile(
         }
     }
     Ok(out)
+}
+
+/// After a snapshot is committed at this DR site: every mount point reserved for `vfs` is
+/// switched to the snapshot's image of its volume (unmount the older one, mount the new one
+/// read-only, record it). A mount point in use keeps its older snapshot until the next time.
+pub fn refresh(
+    vfs: &str,
+    latest: &crate::state::Snapshot,
+    store: &mut Store,
+    mounts: &mut dyn Mounts,
+) -> Result<Vec<Step>, ResourceError> {
+    let mut steps = Vec::new();
+    let shortages = store.shortages(vfs)?;
+    for r in store.reservations(vfs)? {
+        if r.kind != ResourceKind::Mount {
+            continue;
+        }
+        let Some((mut m, created)) = planned_mount(&r.detail) else {
+            continue;
+        };
+        let Some(image) = latest
+            .images
+            .iter()
+            .find(|i| i.volume == m.volume)
+            .map(|i| i.path.clone())
+        else {
+            continue;
+        };
+        let resource = format!("mount {}", m.target.display());
+        let current = mounts
+            .mounts()?
+            .into_iter()
+            .rev()
+            .find(|e| e.target == m.target);
+        if let Some(e) = &current
+            && mounts.loop_backing(&e.source).as_deref() == Some(image.as_path())
+        {
+            steps.push(step(resource, "present", format!("snapshot {}", latest.id)));
+            continue;
+        }
+        if current.is_some()
+            && let Err(e) = mounts.unmount(&m.target)
+        {
+            steps.push(step(
+                resource,
+                "busy",
+                format!("keeps the older state: {e}"),
+            ));
+            continue;
+        }
+        mounts.mount_image_ro(&image, &m.target, &m.fstype, &m.options)?;
+        m.image = image;
+        let item = (
+            ResourceKind::Mount,
+            r.resource.clone(),
+            json!({ "mount": m, "created_dir": created }),
+        );
+        store.reserve(vfs, &[item], &shortages)?;
+        steps.push(step(
+            resource,
+            "refreshed",
+            format!("snapshot {} read-only", latest.id),
+        ));
+    }
+    Ok(steps)
 }

@@ -61,10 +61,18 @@ impl World {
     fn check(&mut self, d: &VfsDef) -> Report {
         let store = &self.store;
         let holder = |k: ResourceKind, r: &str| store.holder(k, r).unwrap();
+        let latest = |vfs: &str, volume: &str| {
+            let snap = store.latest_snapshot(vfs).unwrap()?;
+            snap.images
+                .into_iter()
+                .find(|i| i.volume == volume)
+                .map(|i| i.path)
+        };
         let site = Site {
             name: "site-b",
             resources: &self.resources,
             holder: &holder,
+            latest_image: &latest,
         };
         precheck(
             &site,
@@ -269,4 +277,63 @@ fn reserving_again_keeps_the_record_that_the_mount_point_was_created() {
         w.mounts.dirs.is_empty(),
         "the directory the reservation made is removed"
     );
+}
+
+/// Commits a snapshot of fs1 (catalog only) whose image for `data` is `image`.
+fn commit(w: &mut World, cycle: u64, image: &str) -> crate::state::Snapshot {
+    w.mounts = w.mounts.clone().with_file(image, 2 * GIB, 0);
+    w.store
+        .begin_cycle(
+            "fs1",
+            cycle,
+            w.store.latest_snapshot("fs1").unwrap().map(|s| s.id),
+        )
+        .unwrap();
+    let images = [crate::state::SnapshotImage {
+        volume: "data".into(),
+        path: image.into(),
+        size: 2 * GIB,
+        allocated: 0,
+    }];
+    w.store
+        .commit_snapshot("fs1", cycle, 1, &images, 0, 0)
+        .unwrap()
+}
+
+#[test]
+fn reserved_mount_points_follow_the_latest_snapshot() {
+    let mut w = World::new();
+    w.reserve(&def("fs1", MNT), false);
+    let s1 = commit(&mut w, 1, "/pool/snapshots/fs1/1/data.img");
+    let steps = super::refresh("fs1", &s1, &mut w.store, &mut w.mounts).unwrap();
+    assert_eq!(steps[0].action, "refreshed");
+    let m = w.mounts.mounts().unwrap();
+    assert_eq!(m.len(), 1, "the older mount was replaced, not stacked");
+    assert_eq!(
+        w.mounts.loop_backing(&m[0].source).unwrap().to_str(),
+        Some("/pool/snapshots/fs1/1/data.img")
+    );
+    assert_eq!(
+        super::refresh("fs1", &s1, &mut w.store, &mut w.mounts).unwrap()[0].action,
+        "present"
+    );
+    // The precheck counts it as fs1's own; reserving again changes nothing; a new reservation
+    // would mount the latest snapshot.
+    let r = w.check(&def("fs1", MNT));
+    assert!(r.sufficient, "{:#?}", r.discrepancies);
+    assert_eq!(
+        r.mounts[0].image.to_str(),
+        Some("/pool/snapshots/fs1/1/data.img")
+    );
+    let again = w.reserve(&def("fs1", MNT), false);
+    assert!(
+        again.steps.iter().all(|s| s.action == "present"),
+        "{:?}",
+        again.steps
+    );
+    assert_eq!(w.mounts.mounts().unwrap().len(), 1);
+    // Release removes the snapshot mount and the directory the reservation made.
+    release("fs1", &mut w.store, &mut w.links, &mut w.mounts).unwrap();
+    assert!(w.mounts.mounts().unwrap().is_empty());
+    assert!(w.mounts.dirs.is_empty());
 }
