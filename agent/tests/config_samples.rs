@@ -380,6 +380,7 @@ fn all_fields_fs1() -> VfsDef {
             interval_s: 60,
             compression: Compression::Zstd,
             bandwidth_limit_bytes_per_s: Some(100 << 20),
+            trigger_at_risk_bytes: Some(2 << 30),
         },
         snapshots: Retention::default(),
     }
@@ -404,6 +405,7 @@ fn all_fields_fs_legal() -> VfsDef {
             interval_s: 15 * 60,
             compression: Compression::None,
             bandwidth_limit_bytes_per_s: Some(512 << 10),
+            trigger_at_risk_bytes: None,
         },
         snapshots: Retention {
             rules: vec![

@@ -64,6 +64,9 @@ impl VfsDef {
             "replication.interval_s",
             units::interval(replication.interval_s),
         );
+        if let Some(bytes) = replication.trigger_at_risk_bytes {
+            problems.rule("replication.trigger_at_risk_bytes", units::trigger(bytes));
+        }
         if let Some(limit) = replication.bandwidth_limit_bytes_per_s {
             let field = "replication.bandwidth_limit_bytes_per_s";
             problems.rule(field, units::bandwidth_limit(limit));

@@ -7,7 +7,13 @@ use super::units;
 use super::values;
 use super::{Compression, Replication, Retention, RetentionRule};
 
-const REPLICATION_FIELDS: &[&str] = &["peer", "interval", "compression", "bandwidth_limit"];
+const REPLICATION_FIELDS: &[&str] = &[
+    "peer",
+    "interval",
+    "compression",
+    "bandwidth_limit",
+    "trigger",
+];
 const SNAPSHOTS_FIELDS: &[&str] = &["retention"];
 const RULE_FIELDS: &[&str] = &["every", "for"];
 const COMPRESSIONS: &[(&str, Compression)] = &[
@@ -39,11 +45,16 @@ impl Decoder {
             })
             .unwrap_or(Some(Compression::Zstd));
         let bandwidth = self.check_optional(&fields, "bandwidth_limit", scalars::bandwidth);
+        let trigger = self.check_optional(&fields, "trigger", |node| {
+            let bytes = scalars::size(node)?;
+            units::trigger(bytes).map(|()| bytes)
+        });
         Some(Replication {
             peer: peer?,
             interval_s: interval?,
             compression: compression?,
             bandwidth_limit_bytes_per_s: bandwidth.map_or(Some(None), |b| b.map(Some))?,
+            trigger_at_risk_bytes: trigger.map_or(Some(None), |t| t.map(Some))?,
         })
     }
 

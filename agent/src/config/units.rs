@@ -174,6 +174,14 @@ pub(super) fn bandwidth(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// An early-cycle trigger: more than 0 bytes.
+pub(super) fn trigger(bytes: u64) -> Result<(), String> {
+    if bytes == 0 {
+        return Err("must be more than 0B (leave it out to replicate on the interval only)".into());
+    }
+    Ok(())
+}
+
 /// A bandwidth limit: more than 0 bytes per second.
 pub(super) fn bandwidth_limit(bytes_per_s: u64) -> Result<(), String> {
     if bytes_per_s == 0 {

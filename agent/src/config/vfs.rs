@@ -102,6 +102,11 @@ pub struct Replication {
     pub compression: Compression,
     /// YAML: `bandwidth_limit: 100MiB/s`; absent means unlimited; more than 0.
     pub bandwidth_limit_bytes_per_s: Option<u64>,
+    /// YAML: `trigger: 1GiB`: a cycle starts early once this much was written to the VFS's
+    /// volumes since the last one (the data at risk, tracked with eBPF); absent: on the
+    /// interval only; more than 0.
+    #[serde(default)]
+    pub trigger_at_risk_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,9 +142,18 @@ impl Default for Retention {
         const H: u64 = 3600;
         Retention {
             rules: vec![
-                RetentionRule { every_s: 0, for_s: H },
-                RetentionRule { every_s: H, for_s: 24 * H },
-                RetentionRule { every_s: 24 * H, for_s: 30 * 24 * H },
+                RetentionRule {
+                    every_s: 0,
+                    for_s: H,
+                },
+                RetentionRule {
+                    every_s: H,
+                    for_s: 24 * H,
+                },
+                RetentionRule {
+                    every_s: 24 * H,
+                    for_s: 30 * 24 * H,
+                },
             ],
         }
     }
@@ -176,6 +190,7 @@ pub(crate) fn test_vfs(name: &str, peer: &str, mount: &str) -> VfsDef {
             interval_s: 60,
             compression: Compression::Zstd,
             bandwidth_limit_bytes_per_s: None,
+            trigger_at_risk_bytes: None,
         },
         snapshots: Retention::default(),
     }

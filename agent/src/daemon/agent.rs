@@ -145,6 +145,17 @@ impl Agent {
         out
     }
 
+    /// Bytes written to the volumes of `vfs` since their mark (the data at risk).
+    pub fn at_risk_bytes(&self, vfs: &str) -> u64 {
+        let prefix = format!("{vfs}/");
+        self.tracker
+            .volume_names()
+            .filter(|n| n.starts_with(&prefix))
+            .filter_map(|n| self.tracker.changed(n).ok())
+            .map(|c| c.blocks * c.block_size)
+            .sum()
+    }
+
     /// Starts a new mark on every tracked volume of `vfs` (at the start of a cycle, before its
     /// pre-flush); returns the bytes changed since the previous mark.
     pub fn take_vfs_marks(&mut self, vfs: &str) -> u64 {

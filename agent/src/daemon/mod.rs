@@ -214,7 +214,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config(), committed_tx.clone()),
             Some(vfs) = committed_rx.recv() => agent.refresh_reserved_mounts(&vfs),
             _ = cycle_tick.tick(), if link.is_some() => {
-                for def in cycles.due(agent.config()) {
+                let _ = agent.poll();
+                for def in cycles.due(&agent) {
                     cycles.start(&mut agent, link.as_ref(), def, None, &done_tx);
                 }
             }
@@ -358,16 +359,28 @@ struct Cycles {
 }
 
 impl Cycles {
-    /// The local VFSs whose interval has passed.
-    fn due(&mut self, config: &config::Config) -> Vec<crate::config::VfsDef> {
+    /// The local VFSs whose interval has passed, or whose data at risk passed their trigger.
+    fn due(&mut self, agent: &Agent) -> Vec<crate::config::VfsDef> {
         let now = Instant::now();
         let mut out = Vec::new();
-        for def in &config.vfs {
+        for def in &agent.config().vfs {
             // The first cycle after start waits a little for the peer link and the DR site's
             // copy of the definition (`vfsdr replicate --now` does not wait).
             let first = Duration::from_secs(def.replication.interval_s).min(FIRST_CYCLE_DELAY);
             let due = *self.next_due.entry(def.name.clone()).or_insert(now + first);
-            if due <= now && !self.running.contains(&def.name) {
+            if self.running.contains(&def.name) {
+                continue;
+            }
+            let at_risk = agent.at_risk_bytes(&def.name);
+            let triggered = def
+                .replication
+                .trigger_at_risk_bytes
+                .is_some_and(|t| at_risk >= t);
+            if triggered && due > now {
+                tracing::info!(vfs = %def.name, event = "cycle_triggered", at_risk_bytes = at_risk,
+                    "data at risk passed the trigger: cycle starts early");
+            }
+            if due <= now || triggered {
                 out.push(def.clone());
             }
         }

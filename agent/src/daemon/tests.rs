@@ -404,4 +404,51 @@ mod at_risk {
         assert_eq!(agent.take_vfs_marks("fs1"), 0, "a new mark starts");
         assert_eq!(agent.take_vfs_marks("fs2"), 0);
     }
+
+    #[test]
+    fn a_cycle_starts_early_when_the_data_at_risk_passes_the_trigger() {
+        let probes = FakeProbes::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&[]);
+        cfg.resources = Resources {
+            pool: Some(Pool {
+                path: "/pool".into(),
+                reserve_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        let mut fs1 = test_vfs("fs1", "site-b", "/m1");
+        fs1.replication.interval_s = 3600;
+        fs1.replication.trigger_at_risk_bytes = Some(8192);
+        cfg.vfs = vec![fs1];
+        let kernel = Kernel {
+            probes: Box::new(probes.clone()),
+            devices: Box::new(devices().with_image("/pool/volumes/fs1/data.img")),
+            links: Box::new(FakeLinks::default()),
+            mounts: Box::new(FakeMounts::new()),
+        };
+        let mut agent = Agent::start(
+            "/c.yaml".as_ref(),
+            cfg,
+            kernel,
+            Store::open(dir.path()).unwrap(),
+        )
+        .unwrap();
+        let mut cycles = crate::daemon::Cycles::default();
+        assert!(
+            cycles.due(&agent).is_empty(),
+            "not due: the interval has not passed, nothing at risk"
+        );
+        let dev = *probes.state.lock().unwrap().watched.keys().next().unwrap();
+        probes.write(dev, EXTENT_WRITE, 0, 8);
+        agent.poll().unwrap();
+        assert!(
+            cycles.due(&agent).is_empty(),
+            "4 KiB at risk is below the 8 KiB trigger"
+        );
+        probes.write(dev, EXTENT_WRITE, 64, 8);
+        agent.poll().unwrap();
+        let due: Vec<String> = cycles.due(&agent).into_iter().map(|d| d.name).collect();
+        assert_eq!(due, ["fs1"]);
+    }
 }

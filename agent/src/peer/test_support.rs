@@ -178,6 +178,7 @@ pub(super) fn vfs_def() -> VfsDef {
             interval_s: 60,
             compression: Compression::Zstd,
             bandwidth_limit_bytes_per_s: None,
+            trigger_at_risk_bytes: None,
         },
         snapshots: Retention::default(),
     }

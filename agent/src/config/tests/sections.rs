@@ -112,6 +112,7 @@ fn every_v2_field_is_read() {
             interval_s: 7200,
             compression: Compression::Lz4,
             bandwidth_limit_bytes_per_s: Some(1 << 30),
+            trigger_at_risk_bytes: None,
         },
         snapshots: Retention {
             rules: vec![

@@ -47,6 +47,7 @@ fn vfs_def(name: &str) -> VfsDef {
             interval_s: 60,
             compression: Compression::Zstd,
             bandwidth_limit_bytes_per_s: None,
+            trigger_at_risk_bytes: None,
         },
         snapshots: Retention::default(),
     }

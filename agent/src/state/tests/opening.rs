@@ -20,7 +20,17 @@ fn a_new_state_dir_gets_every_migration() {
     assert_eq!(SCHEMA_VERSION as usize, MIGRATIONS.len());
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "state dir mode {mode:o}");
-    assert_eq!(tables(&store.conn), ["cycle", "reservation", "shortage", "snapshot", "source_cycle", "vfs"]);
+    assert_eq!(
+        tables(&store.conn),
+        [
+            "cycle",
+            "reservation",
+            "shortage",
+            "snapshot",
+            "source_cycle",
+            "vfs"
+        ]
+    );
     let journal: String = store
         .conn
         .pragma_query_value(None, "journal_mode", |row| row.get(0))
@@ -44,7 +54,17 @@ fn an_empty_file_gets_every_migration() {
     std::fs::write(tmp.path().join(DB_FILE), b"").unwrap();
     let store = open(tmp.path());
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(tables(&store.conn), ["cycle", "reservation", "shortage", "snapshot", "source_cycle", "vfs"]);
+    assert_eq!(
+        tables(&store.conn),
+        [
+            "cycle",
+            "reservation",
+            "shortage",
+            "snapshot",
+            "source_cycle",
+            "vfs"
+        ]
+    );
 }
 
 #[test]
