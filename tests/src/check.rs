@@ -77,3 +77,37 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> anyhow::Result<usize> {
     }
     Ok(n)
 }
+
+/// The write workload of the completeness and change-detection tests, in two phases, as shell
+/// steps on the file system mounted at `m`: buffered, O_DIRECT, in-place overwrites and 1,500
+/// small files; then deletes and fstrim.
+pub fn write_phases(m: &Path) -> [(&'static str, Vec<String>); 2] {
+    let m = m.display();
+    [
+        (
+            "writes",
+            vec![
+                format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
+                format!(
+                    "dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"
+                ),
+                format!(
+                    "dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"
+                ),
+                format!(
+                    "dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"
+                ),
+                format!(
+                    "mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"
+                ),
+            ],
+        ),
+        (
+            "deletes and fstrim",
+            vec![
+                format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
+                format!("sync; fstrim '{m}'"),
+            ],
+        ),
+    ]
+}

@@ -17,7 +17,7 @@ use vfsdr::replication::{
 };
 use vfsdr_lab::{Lab, MIB, Volume, require_root};
 
-use vfsdr_lab::check::{BLOCK, differing_blocks, sh};
+use vfsdr_lab::check::{BLOCK, differing_blocks, sh, write_phases};
 
 /// One cycle's point in time: optionally pre-flush each volume, freeze all of them, clone each
 /// image to `<image>.<tag>`, thaw all (always, even if a clone failed). Returns the clones and
@@ -94,33 +94,7 @@ fn extent_changes_reproduce_the_next_clone() -> anyhow::Result<()> {
         "dd if=/dev/urandom of='{m}/seed' bs=1M count=24 status=none; sync"
     ))?;
     let (mut prev, _, _) = snapshot(&mut fs, &[&vol], "c0", true)?;
-    let phases: [(&str, Vec<String>); 2] = [
-        (
-            "writes",
-            vec![
-                format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
-                format!(
-                    "dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"
-                ),
-                format!(
-                    "dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"
-                ),
-                format!(
-                    "dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"
-                ),
-                format!(
-                    "mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"
-                ),
-            ],
-        ),
-        (
-            "deletes and fstrim",
-            vec![
-                format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
-                format!("sync; fstrim '{m}'"),
-            ],
-        ),
-    ];
+    let phases = write_phases(vol.mount_point());
     for (i, (phase, steps)) in phases.iter().enumerate() {
         for step in steps {
             sh(step)?;

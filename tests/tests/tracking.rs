@@ -5,7 +5,7 @@ use anyhow::{Context as _, ensure};
 use vfsdr_lab::{
     Lab,
     agent::{Agent, vfsdr_bin, write_config},
-    check::{differing_blocks, sh, wait_for},
+    check::{differing_blocks, sh, wait_for, write_phases},
     require_root,
 };
 
@@ -54,38 +54,11 @@ fn every_changed_block_is_tracked() -> anyhow::Result<()> {
         agent.changed("data", true).map(drop)
     })?;
 
-    let m = mnt.display();
     // Each phase ends at a checkpoint: frozen, the image copied and the mark taken together.
-    let phases: [(&str, &[String]); 2] = [
-        (
-            "writes",
-            &[
-                format!("dd if=/dev/urandom of='{m}/buffered' bs=64k count=200 status=none"),
-                format!(
-                    "dd if=/dev/urandom of='{m}/direct' bs=1M count=16 oflag=direct status=none"
-                ),
-                format!(
-                    "dd if=/dev/urandom of='{m}/seed' bs=4k count=300 seek=1000 conv=notrunc status=none"
-                ),
-                format!(
-                    "dd if=/dev/urandom of='{m}/seed' bs=512 count=3 seek=7 conv=notrunc oflag=direct status=none"
-                ),
-                format!(
-                    "mkdir '{m}/small'; for i in $(seq 1 1500); do head -c $((i % 7000 + 1)) /dev/urandom > '{m}/small/f'$i; done"
-                ),
-            ],
-        ),
-        (
-            "deletes and fstrim",
-            &[
-                format!("rm '{m}/buffered' '{m}/direct'; rm '{m}'/small/f1*"),
-                format!("sync; fstrim '{m}'"),
-            ],
-        ),
-    ];
+    let phases = write_phases(&mnt);
     for (phase, steps) in phases {
         for step in steps {
-            sh(step)?;
+            sh(&step)?;
         }
         let tracked = frozen(&mnt, || {
             sh(&format!(

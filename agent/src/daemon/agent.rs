@@ -151,8 +151,8 @@ impl Agent {
         self.tracker
             .volume_names()
             .filter(|n| n.starts_with(&prefix))
-            .filter_map(|n| self.tracker.changed(n).ok())
-            .map(|c| c.blocks * c.block_size)
+            .filter_map(|n| self.tracker.changed_blocks(n).ok())
+            .map(|blocks| blocks * vfsdr_common::BLOCK_SIZE)
             .sum()
     }
 

@@ -214,7 +214,6 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config(), committed_tx.clone()),
             Some(vfs) = committed_rx.recv() => agent.refresh_reserved_mounts(&vfs),
             _ = cycle_tick.tick(), if link.is_some() => {
-                let _ = agent.poll();
                 for def in cycles.due(&agent) {
                     cycles.start(&mut agent, link.as_ref(), def, None, &done_tx);
                 }

@@ -55,21 +55,21 @@ fn devices() -> FakeDevices {
 }
 
 fn start(volumes: &[(&str, VolumeSource)]) -> Result<(Agent, FakeProbes), AgentError> {
+    start_with(config(volumes), devices())
+}
+
+/// An agent on fake probes, devices, links and mounts, with a store in a temporary directory.
+fn start_with(cfg: Config, devices: FakeDevices) -> Result<(Agent, FakeProbes), AgentError> {
     let probes = FakeProbes::default();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let kernel = Kernel {
         probes: Box::new(probes.clone()),
-        devices: Box::new(devices()),
+        devices: Box::new(devices),
         links: Box::new(FakeLinks::default()),
         mounts: Box::new(FakeMounts::new()),
     };
-    let agent = Agent::start(
-        "/etc/vfsdr/vfsdr.yaml".as_ref(),
-        config(volumes),
-        kernel,
-        store,
-    )?;
+    let agent = Agent::start("/etc/vfsdr/vfsdr.yaml".as_ref(), cfg, kernel, store)?;
     // The store's directory may go: the connection keeps the (unlinked) database open.
     drop(dir);
     Ok((agent, probes))
@@ -301,23 +301,9 @@ mod vfs {
 
     #[test]
     fn requests_for_a_vfs_active_here_go_to_its_dr_site() {
-        let probes = FakeProbes::default();
-        let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(&[]);
         cfg.vfs = vec![test_vfs("fs1", "site-b", MNT)];
-        let kernel = Kernel {
-            probes: Box::new(probes),
-            devices: Box::new(devices()),
-            links: Box::new(FakeLinks::default()),
-            mounts: Box::new(FakeMounts::new()),
-        };
-        let mut agent = Agent::start(
-            "/c.yaml".as_ref(),
-            cfg,
-            kernel,
-            Store::open(dir.path()).unwrap(),
-        )
-        .unwrap();
+        let (mut agent, _probes) = start_with(cfg, devices()).unwrap();
         match agent.handle(Request::Reserve {
             vfs: "fs1".into(),
             change: None,
@@ -362,10 +348,8 @@ mod at_risk {
     use super::*;
     use crate::config::{Pool, Resources, test_vfs};
 
-    #[test]
-    fn vfs_volumes_are_tracked_and_a_cycle_takes_their_mark() {
-        let probes = FakeProbes::default();
-        let dir = tempfile::tempdir().unwrap();
+    /// A site configuration with a pool at `/pool`.
+    fn pooled() -> Config {
         let mut cfg = config(&[]);
         cfg.resources = Resources {
             pool: Some(Pool {
@@ -374,25 +358,19 @@ mod at_risk {
             }),
             ..Default::default()
         };
+        cfg
+    }
+
+    #[test]
+    fn vfs_volumes_are_tracked_and_a_cycle_takes_their_mark() {
+        let mut cfg = pooled();
         cfg.vfs = vec![
             test_vfs("fs1", "site-b", "/m1"),
             test_vfs("fs2", "site-b", "/m2"),
         ];
         // fs1's image exists; fs2's was not created yet.
         let devices = devices().with_image("/pool/volumes/fs1/data.img");
-        let kernel = Kernel {
-            probes: Box::new(probes.clone()),
-            devices: Box::new(devices),
-            links: Box::new(FakeLinks::default()),
-            mounts: Box::new(FakeMounts::new()),
-        };
-        let mut agent = Agent::start(
-            "/c.yaml".as_ref(),
-            cfg,
-            kernel,
-            Store::open(dir.path()).unwrap(),
-        )
-        .unwrap();
+        let (mut agent, probes) = start_with(cfg, devices).unwrap();
         let Response::Status(s) = now(agent.handle(Request::Status)) else {
             panic!()
         };
@@ -407,33 +385,13 @@ mod at_risk {
 
     #[test]
     fn a_cycle_starts_early_when_the_data_at_risk_passes_the_trigger() {
-        let probes = FakeProbes::default();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(&[]);
-        cfg.resources = Resources {
-            pool: Some(Pool {
-                path: "/pool".into(),
-                reserve_bytes: 0,
-            }),
-            ..Default::default()
-        };
+        let mut cfg = pooled();
         let mut fs1 = test_vfs("fs1", "site-b", "/m1");
         fs1.replication.interval_s = 3600;
         fs1.replication.trigger_at_risk_bytes = Some(8192);
         cfg.vfs = vec![fs1];
-        let kernel = Kernel {
-            probes: Box::new(probes.clone()),
-            devices: Box::new(devices().with_image("/pool/volumes/fs1/data.img")),
-            links: Box::new(FakeLinks::default()),
-            mounts: Box::new(FakeMounts::new()),
-        };
-        let mut agent = Agent::start(
-            "/c.yaml".as_ref(),
-            cfg,
-            kernel,
-            Store::open(dir.path()).unwrap(),
-        )
-        .unwrap();
+        let (mut agent, probes) =
+            start_with(cfg, devices().with_image("/pool/volumes/fs1/data.img")).unwrap();
         let mut cycles = crate::daemon::Cycles::default();
         assert!(
             cycles.due(&agent).is_empty(),

@@ -558,6 +558,11 @@ impl Images for FakeImages {
         Ok(())
     }
 
+    fn remove_dir(&mut self, _dir: &Path) -> Result<(), FsError> {
+        // The fake keeps files only: directories come and go with them.
+        Ok(())
+    }
+
     fn remove(&mut self, file: &Path) -> Result<(), FsError> {
         let mut s = self.lock();
         s.begin(Op::Remove, file)?;

@@ -147,6 +147,8 @@ pub trait Images: Send {
     fn create_sparse(&mut self, file: &Path, size: u64) -> Result<(), FsError>;
     /// Removes `file`; a missing file is fine.
     fn remove(&mut self, file: &Path) -> Result<(), FsError>;
+    /// Removes the empty directory `dir`; a missing one is fine.
+    fn remove_dir(&mut self, dir: &Path) -> Result<(), FsError>;
     /// Renames `from` to `to` (replacing it), then fsyncs the parent directory (of both, if
     /// they differ).
     fn rename(&mut self, from: &Path, to: &Path) -> Result<(), FsError>;

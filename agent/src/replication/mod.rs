@@ -13,17 +13,17 @@
 //! - [`fake_fs`]: the in-memory fake ([`fake_fs::FakeImages`]), with copy-on-write physical blocks
 //!   like a reflinked XFS.
 //! - [`extents`]: the extent diff ([`extents::changed`]).
+pub mod codec;
 pub mod cycle;
-pub mod session;
-#[cfg(test)]
-mod session_tests;
-pub mod sink;
 #[cfg(test)]
 mod cycle_tests;
 pub mod extents;
 pub mod fake_fs;
 pub mod fsops;
 pub mod retention;
-pub mod codec;
+pub mod session;
+#[cfg(test)]
+mod session_tests;
+pub mod sink;
 pub mod throttle;
 pub mod wire;

@@ -227,7 +227,7 @@ impl Sink {
             for image in &s.images {
                 self.images.remove(&image.path)?;
             }
-            let _ = std::fs::remove_dir(snapshot_dir(&self.pool, vfs, s.id));
+            let _ = self.images.remove_dir(&snapshot_dir(&self.pool, vfs, s.id));
             self.store.forget_snapshot(vfs, s.id)?;
             removed.push(s.id);
         }

@@ -240,6 +240,11 @@ impl Tracker {
         }
     }
 
+    /// How many blocks changed on `name` since its mark (without listing them).
+    pub fn changed_blocks(&self, name: &str) -> Result<u64, TrackError> {
+        Ok(self.volumes[self.index(name)?].changed.len())
+    }
+
     /// The blocks changed on `name` since its mark, without resetting it.
     pub fn changed(&self, name: &str) -> Result<Changes, TrackError> {
         let v = &self.volumes[self.index(name)?];

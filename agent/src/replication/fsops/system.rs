@@ -459,6 +459,13 @@ impl Images for SystemImages {
         }
     }
 
+    fn remove_dir(&mut self, dir: &Path) -> Result<(), FsError> {
+        match fs::remove_dir(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("rmdir", dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
     fn rename(&mut self, from: &Path, to: &Path) -> Result<(), FsError> {
         self.forget(from);
         self.forget(to);
