@@ -18,15 +18,12 @@ pub mod names {
     pub const EXTENTS: &str = "EXTENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const WRITERS: &str = "WRITERS";
+    pub const LAST_WRITER: &str = "LAST_WRITER";
     pub const BLOCK_PROGRAM: &str = "block_bio_queue";
-    /// `(program name, tracepoint name)` of the write-syscall programs, all in category `syscalls`.
-    pub const SYSCALL_PROGRAMS: [(&str, &str); 5] = [
-        ("sys_enter_write", "sys_enter_write"),
-        ("sys_enter_pwrite64", "sys_enter_pwrite64"),
-        ("sys_enter_writev", "sys_enter_writev"),
-        ("sys_enter_pwritev", "sys_enter_pwritev"),
-        ("sys_enter_pwritev2", "sys_enter_pwritev2"),
-    ];
+    /// The write-syscall program, a BTF tracepoint on the raw `sys_enter` hook.
+    pub const SYSCALL_PROGRAM: &str = "sys_enter";
+    /// Its global holding the numbers of the write syscalls ([`super::SyscallNrs`]).
+    pub const SYSCALL_NRS: &str = "SYSCALL_NRS";
 }
 
 /// Byte offsets of the fields the block program reads from the `block/block_bio_queue`
@@ -118,6 +115,29 @@ pub struct WriterStats {
     pub comm: [u8; 16],
 }
 
+/// The process that wrote last on a CPU, with the calls and bytes not yet added to `WRITERS`
+/// (value of the per-CPU `LAST_WRITER` slot). A loop of writes by one process only touches
+/// this slot; the counts move to `WRITERS` when another process writes on that CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterSlot {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `calls == 0`: the slot is empty.
+    pub stats: WriterStats,
+}
+
+/// Numbers of the write syscalls on the running architecture, set by the agent at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallNrs {
+    pub write: u64,
+    pub pwrite64: u64,
+    pub writev: u64,
+    pub pwritev: u64,
+    pub pwritev2: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are `#[repr(C)]`, `Copy`, made of integers only, without padding.
@@ -125,4 +145,6 @@ mod pod {
     unsafe impl aya::Pod for super::Extent {}
     unsafe impl aya::Pod for super::VolumeCounters {}
     unsafe impl aya::Pod for super::WriterStats {}
+    unsafe impl aya::Pod for super::SyscallNrs {}
+    unsafe impl aya::Pod for super::WriterSlot {}
 }

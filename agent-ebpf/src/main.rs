@@ -16,7 +16,7 @@ mod maps {
     };
     use vfsdr_common::{
         BlockLayout, EXTENTS_RING_BYTES, EXTENTS_WAKEUP_BYTES, Extent, VolumeCounters, WRITERS_MAX,
-        WriterStats, counter,
+        WriterSlot, WriterStats, counter,
     };
 
     /// Watched block devices (`MAJOR << 20 | MINOR`) and their per-CPU counters.
@@ -34,10 +34,13 @@ mod maps {
     pub static EXTENTS: RingBuf = RingBuf::with_byte_size(EXTENTS_RING_BYTES, 0);
     #[map]
     pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
-    /// Write syscalls per process (tgid).
+    /// Write syscalls per process (tgid); least recently used processes make room for new ones.
     #[map]
     pub static WRITERS: LruPerCpuHashMap<u32, WriterStats> =
         LruPerCpuHashMap::with_max_entries(WRITERS_MAX, 0);
+    /// The last writer of each CPU and its counts not yet in `WRITERS`.
+    #[map]
+    pub static LAST_WRITER: PerCpuArray<WriterSlot> = PerCpuArray::with_max_entries(1, 0);
 
     #[inline(always)]
     pub fn count(index: u32, n: u64) {

@@ -149,6 +149,74 @@ fn a_missing_volume_stops_the_start() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write syscalls are counted per process: plain, positioned and vectored writes of one known
+/// process show up under its pid and name with their calls and bytes.
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, loads eBPF"]
+fn writes_are_counted_per_process() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("tracking-writers")?;
+    let site = lab.add_site("site-a")?;
+    let vol = site.pool().create_volume("data", 320 * MIB)?;
+    // The body continues the `tracking:` section the helper writes: list up to 100 writers, so
+    // the busiest processes of the machine do not push this one out.
+    let config = write_config(
+        &site,
+        &format!(
+            "  top_writers: 100\nvolumes:\n  - name: data\n    image: {}\n",
+            vol.image().display()
+        ),
+    )?;
+    let agent = Agent::start(&site, &config)?;
+    // 1000 write(4096), 500 pwrite64(100), 200 writev(1000+2000), 100 pwritev(2 x 1000),
+    // 100 pwritev2(2 x 1000, RWF_DSYNC).
+    let script = format!(
+        "import os\n\
+         fd = os.open('{}/w', os.O_CREAT | os.O_WRONLY)\n\
+         for _ in range(1000): os.write(fd, b'a' * 4096)\n\
+         for i in range(500): os.pwrite(fd, b'b' * 100, i * 100)\n\
+         for _ in range(200): os.writev(fd, [b'c' * 1000, b'd' * 2000])\n\
+         for i in range(100): os.pwritev(fd, [b'e' * 1000, b'f' * 1000], i * 2000)\n\
+         for i in range(100): os.pwritev(fd, [b'g' * 1000, b'h' * 1000], i * 2000, os.RWF_DSYNC)\n\
+         os.close(fd)\n",
+        vol.mount_point().display()
+    );
+    let mut child = Command::new("python3").arg("-c").arg(&script).spawn()?;
+    let pid = u64::from(child.id());
+    let exit = child.wait()?;
+    ensure!(exit.success(), "the python writer failed: {exit}");
+    let calls = 1000 + 500 + 200 + 100 + 100;
+    let bytes = 1000 * 4096 + 500 * 100 + 200 * 3000 + 100 * 2000 + 100 * 2000;
+    let mut last = serde_json::Value::Null;
+    let found = wait_for("the writer in status", Duration::from_secs(10), || {
+        last = agent.status()?;
+        Ok(last["tracking"]["writers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["pid"] == pid && w["calls"].as_u64().is_some_and(|c| c >= calls)))
+    });
+    found.with_context(|| format!("status: {last}"))?;
+    let w = last["tracking"]["writers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["pid"] == pid)
+        .context("writer")?;
+    ensure!(w["comm"] == "python3", "{w}");
+    // The interpreter itself may write a few times (nothing to a terminal here).
+    let (c, b) = (
+        w["calls"].as_u64().unwrap_or(0),
+        w["bytes"].as_u64().unwrap_or(0),
+    );
+    ensure!(c <= calls + 20, "calls {c}, expected {calls}: {w}");
+    ensure!(
+        b >= bytes && b <= bytes + (64 << 10),
+        "bytes {b}, expected {bytes}: {w}"
+    );
+    Ok(())
+}
+
 /// An image the agent attached itself is detached again when it stops; SIGHUP with a broken
 /// configuration keeps the running one; SIGHUP with a new volume starts watching it.
 #[test]

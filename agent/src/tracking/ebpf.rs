@@ -3,11 +3,13 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
-use vfsdr_common::{BlockLayout, Extent, VolumeCounters, WriterStats, counter, names};
+use vfsdr_common::{
+    BlockLayout, Extent, SyscallNrs, VolumeCounters, WriterSlot, WriterStats, counter, names,
+};
 
 use super::{
     layout::{ensure_tracefs, parse_block_format},
@@ -24,13 +26,17 @@ pub struct EbpfProbes {
     extents: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     writers: PerCpuHashMap<MapData, u32, WriterStats>,
+    last_writer: PerCpuArray<MapData, WriterSlot>,
     nr_cpus: usize,
     /// Owns the programs and their links; dropped last.
     _ebpf: Ebpf,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { map, source: Box::new(source) }
+    move |source| ProbeError::Map {
+        map,
+        source: Box::new(source),
+    }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -41,13 +47,50 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(m).map_err(map_err(map))
 }
 
+/// The write syscalls' numbers on the architecture the agent runs on.
+const SYSCALL_NRS: SyscallNrs = SyscallNrs {
+    write: libc::SYS_write as u64,
+    pwrite64: libc::SYS_pwrite64 as u64,
+    writev: libc::SYS_writev as u64,
+    pwritev: libc::SYS_pwritev as u64,
+    pwritev2: libc::SYS_pwritev2 as u64,
+};
+
+/// Loads and attaches the write-syscall program on the raw `sys_enter` hook (needs the
+/// kernel's BTF).
+fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let program = names::SYSCALL_PROGRAM;
+    let err = |source| ProbeError::Program {
+        program,
+        source: Box::new(source),
+    };
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Format {
+        path: "/sys/kernel/btf/vmlinux".into(),
+        reason: format!("the kernel's BTF is needed for the syscall probe: {e}"),
+    })?;
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::Program {
+            program,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?
+        .try_into()
+        .map_err(err)?;
+    p.load("sys_enter", &btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(())
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     category: &str,
     tp: &str,
 ) -> Result<(), ProbeError> {
-    let err = |source| ProbeError::Program { program, source: Box::new(source) };
+    let err = |source| ProbeError::Program {
+        program,
+        source: Box::new(source),
+    };
     let p: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(ProbeError::Program {
@@ -75,7 +118,9 @@ impl EbpfProbes {
         })?;
         let layout = parse_block_format(&text, &format.display().to_string())?;
 
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::SYSCALL_NRS, &SYSCALL_NRS, true)
+            .load(OBJECT)?;
         {
             let map = ebpf
                 .map_mut(names::BLOCK_LAYOUT)
@@ -89,9 +134,7 @@ impl EbpfProbes {
                 .map_err(map_err(names::BLOCK_LAYOUT))?;
         }
         attach(&mut ebpf, names::BLOCK_PROGRAM, "block", "block_bio_queue")?;
-        for (program, tp) in names::SYSCALL_PROGRAMS {
-            attach(&mut ebpf, program, "syscalls", tp)?;
-        }
+        attach_syscalls(&mut ebpf)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Format {
             path: "/sys/devices/system/cpu/possible".into(),
             reason: e.to_string(),
@@ -102,6 +145,7 @@ impl EbpfProbes {
             extents: take(&mut ebpf, names::EXTENTS)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
             writers: take(&mut ebpf, names::WRITERS)?,
+            last_writer: take(&mut ebpf, names::LAST_WRITER)?,
             nr_cpus,
             _ebpf: ebpf,
         })
@@ -120,16 +164,13 @@ fn sum_volume(values: &PerCpuValues<VolumeCounters>) -> VolumeCounters {
     total
 }
 
-fn sum_writer(values: &PerCpuValues<WriterStats>) -> WriterStats {
-    let mut total = WriterStats::default();
-    for v in values.iter() {
-        total.calls += v.calls;
-        total.bytes += v.bytes;
-        if v.comm[0] != 0 {
-            total.comm = v.comm;
-        }
+/// Adds one CPU's counts of a process to its total.
+fn add_writer(total: &mut WriterStats, v: &WriterStats) {
+    total.calls += v.calls;
+    total.bytes += v.bytes;
+    if v.comm[0] != 0 {
+        total.comm = v.comm;
     }
-    total
 }
 
 impl Probes for EbpfProbes {
@@ -183,10 +224,22 @@ impl Probes for EbpfProbes {
             d.volumes
                 .push((DevId::from_kernel(dev), sum_volume(&values)));
         }
+        // The map first, then the per-CPU slots: counts a slot hands to the map in between
+        // are missed by this drain only, never counted twice.
+        let mut writers: std::collections::BTreeMap<u32, WriterStats> = Default::default();
         for entry in self.writers.iter() {
             let (pid, values) = entry.map_err(map_err(names::WRITERS))?;
-            d.writers.push((pid, sum_writer(&values)));
+            let total = writers.entry(pid).or_default();
+            values.iter().for_each(|v| add_writer(total, v));
         }
+        let slots = self
+            .last_writer
+            .get(&0, 0)
+            .map_err(map_err(names::LAST_WRITER))?;
+        for slot in slots.iter().filter(|s| s.stats.calls != 0) {
+            add_writer(writers.entry(slot.tgid).or_default(), &slot.stats);
+        }
+        d.writers = writers.into_iter().collect();
         for i in 0..counter::LEN {
             let values = self.counters.get(&i, 0).map_err(map_err(names::COUNTERS))?;
             d.counters[i as usize] = values.iter().sum();

@@ -108,6 +108,20 @@ fn writers_are_ranked_by_rate_then_bytes() {
 }
 
 #[test]
+fn writers_the_kernel_map_evicted_are_forgotten() {
+    let (mut t, mut p) = setup();
+    let t0 = Instant::now();
+    p.syscall(10, "dd", 4096);
+    p.syscall(20, "rsync", 1 << 20);
+    t.poll(&mut p, t0).unwrap();
+    assert_eq!(t.status(10).writers.len(), 2);
+    p.state.lock().unwrap().writers.remove(&20);
+    t.poll(&mut p, t0 + Duration::from_secs(1)).unwrap();
+    let s = t.status(10);
+    assert_eq!(s.writers.iter().map(|w| w.pid).collect::<Vec<_>>(), [10]);
+}
+
+#[test]
 fn dropped_extents_mark_the_sets_incomplete() {
     let (mut t, mut p) = setup();
     t.poll(&mut p, Instant::now()).unwrap();

@@ -227,6 +227,9 @@ impl Tracker {
             entry.bytes = w.bytes;
             push_sample(&mut entry.samples, (now, [w.bytes, w.calls]), now);
         }
+        // Processes the kernel map no longer holds (evicted to make room) are forgotten too.
+        let present: std::collections::HashSet<u32> = d.writers.iter().map(|(p, _)| *p).collect();
+        self.writers.retain(|pid, _| present.contains(pid));
         let dropped_before = self.counters[counter::DROPPED as usize];
         self.counters = d.counters;
         let dropped_now = self.counters[counter::DROPPED as usize];
