@@ -20,10 +20,12 @@ mod cycle_tests;
 pub mod extents;
 pub mod fake_fs;
 pub mod fsops;
+pub mod gap;
 pub mod retention;
 pub mod session;
 #[cfg(test)]
 mod session_tests;
 pub mod sink;
 pub mod throttle;
+pub mod verify;
 pub mod wire;
