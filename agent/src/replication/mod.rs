@@ -21,6 +21,8 @@ pub mod extents;
 pub mod fake_fs;
 pub mod fsops;
 pub mod gap;
+#[cfg(test)]
+mod pool_full_tests;
 pub mod retention;
 pub mod session;
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //! clones compared with the snapshots, before and after a replica is corrupted.
 use std::path::{Path, PathBuf};
 
+use ring::digest;
+
+use crate::{replication::fsops::Images as _, state::Store};
+
 use super::*;
 use crate::replication::{
     cycle::{Point, take_point},

@@ -10,21 +10,12 @@
 //! Files are only read, through [`ReadOnly`]: [`ReadOnlyFile`] opens them `O_RDONLY` (a
 //! snapshot is never opened for writing); [`ViaImages`] reads through the `Images` seam (the
 //! fakes). The DR site's side is [`Remote`], a peer request in the agent.
-use std::{
-    fs::File,
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::time::Instant;
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    fsops::{FsError, Images},
-    gap::ByteRange,
-};
-use crate::state::{Role, Store};
+use super::{fsops::FsError, gap::ByteRange};
 
 /// Default chunk of the comparison.
 pub const CHUNK: u64 = 4 << 20;
@@ -36,108 +27,6 @@ pub const FINE: u64 = 4096;
 pub const REFINE_CHUNKS: usize = 4;
 /// How many differing ranges a mismatch lists.
 pub const FIRST_RANGES: usize = 8;
-
-/// A file read for verification (never written).
-pub trait ReadOnly: Send {
-    fn size(&mut self) -> Result<u64, FsError>;
-    /// Allocated ranges (offset, len), sorted (SEEK_DATA/SEEK_HOLE).
-    fn data_ranges(&mut self) -> Result<Vec<(u64, u64)>, FsError>;
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FsError>;
-}
-
-/// A file opened `O_RDONLY`.
-pub struct ReadOnlyFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl ReadOnlyFile {
-    pub fn open(path: &Path) -> Result<Self, FsError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|source| FsError::Io {
-                op: "open",
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(ReadOnlyFile {
-            path: path.to_owned(),
-            file,
-        })
-    }
-
-    fn err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> FsError + '_ {
-        move |source| FsError::Io {
-            op,
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn seek(&self, from: u64, whence: libc::c_int) -> Result<Option<u64>, FsError> {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: the fd is open; lseek only moves its offset (positioned reads ignore it).
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), from as libc::off_t, whence) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                return Ok(None);
-            }
-            return Err(self.err("lseek")(e));
-        }
-        Ok(Some(r as u64))
-    }
-}
-
-impl ReadOnly for ReadOnlyFile {
-    fn size(&mut self) -> Result<u64, FsError> {
-        Ok(self.file.metadata().map_err(self.err("stat"))?.len())
-    }
-
-    fn data_ranges(&mut self) -> Result<Vec<(u64, u64)>, FsError> {
-        let size = self.size()?;
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < size {
-            let Some(data) = self.seek(at, libc::SEEK_DATA)? else {
-                break;
-            };
-            let hole = self.seek(data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
-            if hole <= data {
-                break;
-            }
-            out.push((data, hole - data));
-            at = hole;
-        }
-        Ok(out)
-    }
-
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(self.err("pread"))
-    }
-}
-
-/// A file read through the `Images` seam (for tests with `FakeImages`, a handle).
-pub struct ViaImages<I: Images> {
-    pub images: I,
-    pub path: PathBuf,
-}
-
-impl<I: Images> ReadOnly for ViaImages<I> {
-    fn size(&mut self) -> Result<u64, FsError> {
-        self.images.size(&self.path)
-    }
-    fn data_ranges(&mut self) -> Result<Vec<(u64, u64)>, FsError> {
-        self.images.data_ranges(&self.path)
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
-        self.images.read_at(&self.path, offset, buf)
-    }
-}
 
 /// SHA-256 of each `chunk` of `[offset, offset + len)` of a file (the last one may be shorter).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,74 +315,11 @@ fn mismatch(
     }
 }
 
-/// What the DR site is asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DigestRequest {
-    pub vfs: String,
-    pub cycle: u64,
-    pub volume: String,
-    pub offset: u64,
-    pub len: u64,
-    pub chunk: u64,
-}
+mod read;
+mod serve;
 
-/// DR site: the digests of a volume of the snapshot of `req.cycle`, for the active site `from`
-/// (which must own the VFS). `open` opens an image read-only.
-pub fn serve_digests(
-    store: &Store,
-    site: &str,
-    from: &str,
-    req: &DigestRequest,
-    open: &mut dyn FnMut(&Path) -> Result<Box<dyn ReadOnly>, FsError>,
-) -> Result<Digests, String> {
-    let vfs = &req.vfs;
-    let stored = store
-        .definition(vfs)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("site {site} has no definition of VFS {vfs}"))?;
-    if stored.role != Role::Standby || stored.from_site != from {
-        return Err(format!(
-            "site {from} does not own VFS {vfs} at site {site} (its definition came from {}, role {})",
-            stored.from_site,
-            stored.role.as_str()
-        ));
-    }
-    if req.chunk < FINE || req.chunk % FINE != 0 || req.len.div_ceil(req.chunk) > MAX_CHUNKS {
-        return Err(format!(
-            "verify of {vfs}/{}: chunk {} for {} bytes is not allowed (a multiple of {FINE}, at most {MAX_CHUNKS} chunks)",
-            req.volume, req.chunk, req.len
-        ));
-    }
-    let snapshots = store.snapshots(vfs).map_err(|e| e.to_string())?;
-    let latest = snapshots
-        .iter()
-        .filter(|s| s.state == crate::state::SnapshotState::Committed)
-        .map(|s| s.cycle)
-        .max();
-    let Some(snap) = snapshots
-        .iter()
-        .find(|s| s.cycle == req.cycle && s.state == crate::state::SnapshotState::Committed)
-    else {
-        return Err(format!(
-            "site {site} has no snapshot of cycle {} of VFS {vfs} (its latest is of cycle {})",
-            req.cycle,
-            latest.map_or("none".into(), |c| c.to_string())
-        ));
-    };
-    let Some(image) = snap.images.iter().find(|i| i.volume == req.volume) else {
-        return Err(format!(
-            "snapshot {} of VFS {vfs} at site {site} has no volume {}",
-            snap.id, req.volume
-        ));
-    };
-    let mut src =
-        open(&image.path).map_err(|e| format!("snapshot {} at site {site}: {e}", snap.id))?;
-    let mut d = digest_range(src.as_mut(), req.offset, req.len, req.chunk)
-        .map_err(|e| format!("snapshot {} at site {site}: {e}", snap.id))?;
-    d.snapshot = Some(snap.id);
-    Ok(d)
-}
+pub use read::{ReadOnly, ReadOnlyFile, ViaImages};
+pub use serve::{DigestRequest, Opener, serve_digests};
 
 #[cfg(test)]
-#[path = "verify_tests.rs"]
 mod tests;
