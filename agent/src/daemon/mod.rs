@@ -487,7 +487,9 @@ impl Cycles {
                 self.resumed(site, &r.vfs, r.cycle);
                 tracing::info!(site = %site, vfs = %r.vfs, event = "cycle_done", cycle = r.cycle, snapshot = r.snapshot,
                     full = r.full, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
-                    freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms, "replication cycle committed at the DR site");
+                    freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms,
+                    tracker_gaps = r.tracker_check.iter().filter(|c| c.is_gap()).count(),
+                    "replication cycle committed at the DR site");
                 self.last.insert(r.vfs.clone(), r.clone());
                 Response::Replicated(r)
             }
