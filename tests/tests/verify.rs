@@ -127,7 +127,7 @@ fn data_at(file: &Path, from: u64) -> anyhow::Result<u64> {
 
 #[test]
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
-fn verify_passes_after_cycles_and_finds_a_corrupted_snapshot_block() -> anyhow::Result<()> {
+fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block() -> anyhow::Result<()> {
     require_root()?;
     let p = pair("verify-corrupt", "")?;
     let m = p.mnt();
@@ -173,6 +173,29 @@ fn verify_passes_after_cycles_and_finds_a_corrupted_snapshot_block() -> anyhow::
     let log = p.a_agent.log_text();
     ensure!(
         !log.contains("not seen by the eBPF tracker") && log.contains("tracker_gaps=0"),
+        "{log}"
+    );
+
+    // A write that bypasses the loop device (straight into the image file, in free space of
+    // the volume's file system) is shipped, and reported as a tracker gap.
+    let direct = 500 * MIB;
+    let img = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.vol.image())?;
+    img.write_all_at(&[0x5a; 4096], direct)?;
+    img.sync_all()?;
+    drop(img);
+    let r = p.replicate()?;
+    let check = tracker_check(&r)?;
+    ensure!(
+        check["result"] == "gap"
+            && check["missing_blocks"] == 1
+            && check["first_missing"][0]["offset"].as_u64() == Some(direct),
+        "a write the tracker could not see must be a gap: {check}"
+    );
+    let log = p.a_agent.log_text();
+    ensure!(
+        log.contains("tracker_gap") && log.contains("not seen by the eBPF tracker"),
         "{log}"
     );
 
