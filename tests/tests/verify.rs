@@ -127,7 +127,8 @@ fn data_at(file: &Path, from: u64) -> anyhow::Result<u64> {
 
 #[test]
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
-fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block() -> anyhow::Result<()> {
+fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
+-> anyhow::Result<()> {
     require_root()?;
     let p = pair("verify-corrupt", "")?;
     let m = p.mnt();

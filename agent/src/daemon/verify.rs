@@ -59,39 +59,50 @@ impl Remote for PeerRemote {
     }
 }
 
+/// Why a verify could not run at all (a volume that cannot be compared is a verdict instead).
+#[derive(Debug, thiserror::Error)]
+enum VerifyError {
+    #[error("VFS {vfs} has no acknowledged cycle yet: there is nothing to verify")]
+    NoCycle { vfs: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("cannot start a runtime for the verify: {0}")]
+    Runtime(std::io::Error),
+}
+
 /// Active site: verifies the last acknowledged cycle of `def` against its DR site.
 fn run(
     def: &VfsDef,
     state_dir: &std::path::Path,
     ctx: Arc<PeerContext>,
-) -> Result<VerifyReport, String> {
+) -> Result<VerifyReport, VerifyError> {
     let started = std::time::Instant::now();
     let vfs = def.name.clone();
-    let store = Store::open(state_dir).map_err(|e| e.to_string())?;
-    let state = store.source_state(&vfs).map_err(|e| e.to_string())?;
+    let store = Store::open(state_dir)?;
+    let state = store.source_state(&vfs)?;
     let Some((cycle, clones)) = state.and_then(|s| {
         let clones: Vec<PathBuf> = serde_json::from_value(s.clones).ok()?;
         Some((s.last_acked?, clones))
     }) else {
-        return Err(format!(
-            "VFS {vfs} has no acknowledged cycle yet: there is nothing to verify"
-        ));
+        return Err(VerifyError::NoCycle { vfs });
     };
     let peer_name = def.replication.peer.clone();
     let peer = ctx
         .peer(&peer_name)
         .cloned()
-        .ok_or_else(|| format!("{peer_name} is not a peer of this site"))?;
-    let client = PeerClient::new(ctx, peer)
-        .map_err(|e| e.to_string())?
-        .with_timeouts(Timeouts {
-            connect: Duration::from_secs(5),
-            call: CALL_TIMEOUT,
-        });
+        .ok_or_else(|| PeerError::UnknownPeer {
+            peer: peer_name.clone(),
+        })?;
+    let client = PeerClient::new(ctx, peer)?.with_timeouts(Timeouts {
+        connect: Duration::from_secs(5),
+        call: CALL_TIMEOUT,
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(VerifyError::Runtime)?;
     let mut remote = PeerRemote {
         rt,
         client,
@@ -202,7 +213,9 @@ impl Cycles {
                     }
                     let _ = reply.send(match result {
                         Ok(r) => Response::Verified(r),
-                        Err(message) => Response::Error { message },
+                        Err(e) => Response::Error {
+                            message: e.to_string(),
+                        },
                     });
                     let _ = done.send(vfs);
                 }
@@ -230,6 +243,7 @@ pub(super) fn serve(request: PeerRequest, config: &Config) {
                     verify::serve_digests(&store, &site, &request.from, &req, &mut |p| {
                         Ok(Box::new(ReadOnlyFile::open(p)?))
                     })
+                    .map_err(|e| e.to_string())
                 });
             match &answer {
                 Ok(d) => tracing::info!(site = %site, vfs = %req.vfs, volume = %req.volume, peer = %request.from,

@@ -121,3 +121,14 @@ async fn the_pool_reserve_is_not_room() {
     assert_eq!(needed_bytes(&begin), MIB + 4096 + METADATA_MARGIN);
     assert!(sink.begin("site-a", &begin).is_ok());
 }
+
+#[test]
+fn the_real_free_space_comes_from_statvfs_and_errors_name_the_path() {
+    use crate::replication::fsops::{Images as _, SystemImages};
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = SystemImages::new();
+    assert!(images.free_space(dir.path()).unwrap() > 0);
+    let missing = dir.path().join("missing");
+    let e = images.free_space(&missing).unwrap_err().to_string();
+    assert!(e.starts_with("statvfs ") && e.contains("missing"), "{e}");
+}

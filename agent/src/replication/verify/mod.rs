@@ -319,7 +319,7 @@ mod read;
 mod serve;
 
 pub use read::{ReadOnly, ReadOnlyFile, ViaImages};
-pub use serve::{DigestRequest, Opener, serve_digests};
+pub use serve::{DigestError, DigestRequest, Opener, serve_digests};
 
 #[cfg(test)]
 mod tests;

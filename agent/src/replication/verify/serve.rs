@@ -21,65 +21,132 @@ pub struct DigestRequest {
     pub chunk: u64,
 }
 
-/// DR site: the digests of a volume of the snapshot of `req.cycle`, for the active site `from`
-/// (which must own the VFS). `open` opens an image read-only.
 /// Opens a snapshot image read-only.
 pub type Opener<'a> = dyn FnMut(&Path) -> Result<Box<dyn ReadOnly>, FsError> + 'a;
 
+/// Why the DR site does not answer a digest request; each names the site, VFS and thing.
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    #[error("site {site} has no definition of VFS {vfs}")]
+    UnknownVfs { site: String, vfs: String },
+    #[error(
+        "site {from} does not own VFS {vfs} at site {site} (its definition came from {owner}, role {role})"
+    )]
+    NotOwner {
+        site: String,
+        from: String,
+        vfs: String,
+        owner: String,
+        role: &'static str,
+    },
+    #[error(
+        "verify of {vfs}/{volume}: chunk {chunk} for {len} bytes is not allowed (a multiple of {FINE}, at most {MAX_CHUNKS} chunks)"
+    )]
+    BadChunk {
+        vfs: String,
+        volume: String,
+        chunk: u64,
+        len: u64,
+    },
+    #[error("site {site} has no snapshot of cycle {cycle} of VFS {vfs} (its latest is of cycle {})",
+        latest.map_or("none".into(), |c| c.to_string()))]
+    NoSnapshot {
+        site: String,
+        vfs: String,
+        cycle: u64,
+        latest: Option<u64>,
+    },
+    #[error("snapshot {snapshot} of VFS {vfs} at site {site} has no volume {volume}")]
+    NoVolume {
+        site: String,
+        vfs: String,
+        snapshot: u64,
+        volume: String,
+    },
+    #[error("snapshot {snapshot} at site {site}: {source}")]
+    Read {
+        site: String,
+        snapshot: u64,
+        source: FsError,
+    },
+    #[error("site {site}: {source}")]
+    State {
+        site: String,
+        source: Box<crate::state::StateError>,
+    },
+}
+
+/// DR site: the digests of a volume of the snapshot of `req.cycle`, for the active site `from`
+/// (which must own the VFS). `open` opens an image read-only.
 pub fn serve_digests(
     store: &Store,
     site: &str,
     from: &str,
     req: &DigestRequest,
     open: &mut Opener<'_>,
-) -> Result<Digests, String> {
+) -> Result<Digests, DigestError> {
     let vfs = &req.vfs;
+    let state = |source| DigestError::State {
+        site: site.to_owned(),
+        source: Box::new(source),
+    };
     let stored = store
         .definition(vfs)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("site {site} has no definition of VFS {vfs}"))?;
+        .map_err(state)?
+        .ok_or_else(|| DigestError::UnknownVfs {
+            site: site.to_owned(),
+            vfs: vfs.clone(),
+        })?;
     if stored.role != Role::Standby || stored.from_site != from {
-        return Err(format!(
-            "site {from} does not own VFS {vfs} at site {site} (its definition came from {}, role {})",
-            stored.from_site,
-            stored.role.as_str()
-        ));
+        return Err(DigestError::NotOwner {
+            site: site.to_owned(),
+            from: from.to_owned(),
+            vfs: vfs.clone(),
+            owner: stored.from_site,
+            role: stored.role.as_str(),
+        });
     }
     if req.chunk < FINE
         || !req.chunk.is_multiple_of(FINE)
         || req.len.div_ceil(req.chunk) > MAX_CHUNKS
     {
-        return Err(format!(
-            "verify of {vfs}/{}: chunk {} for {} bytes is not allowed (a multiple of {FINE}, at most {MAX_CHUNKS} chunks)",
-            req.volume, req.chunk, req.len
-        ));
+        return Err(DigestError::BadChunk {
+            vfs: vfs.clone(),
+            volume: req.volume.clone(),
+            chunk: req.chunk,
+            len: req.len,
+        });
     }
-    let snapshots = store.snapshots(vfs).map_err(|e| e.to_string())?;
-    let latest = snapshots
-        .iter()
-        .filter(|s| s.state == SnapshotState::Committed)
-        .map(|s| s.cycle)
-        .max();
+    let snapshots = store.snapshots(vfs).map_err(state)?;
+    let committed = |s: &&crate::state::Snapshot| s.state == SnapshotState::Committed;
+    let latest = snapshots.iter().filter(committed).map(|s| s.cycle).max();
     let Some(snap) = snapshots
         .iter()
-        .find(|s| s.cycle == req.cycle && s.state == SnapshotState::Committed)
+        .filter(committed)
+        .find(|s| s.cycle == req.cycle)
     else {
-        return Err(format!(
-            "site {site} has no snapshot of cycle {} of VFS {vfs} (its latest is of cycle {})",
-            req.cycle,
-            latest.map_or("none".into(), |c| c.to_string())
-        ));
+        return Err(DigestError::NoSnapshot {
+            site: site.to_owned(),
+            vfs: vfs.clone(),
+            cycle: req.cycle,
+            latest,
+        });
     };
     let Some(image) = snap.images.iter().find(|i| i.volume == req.volume) else {
-        return Err(format!(
-            "snapshot {} of VFS {vfs} at site {site} has no volume {}",
-            snap.id, req.volume
-        ));
+        return Err(DigestError::NoVolume {
+            site: site.to_owned(),
+            vfs: vfs.clone(),
+            snapshot: snap.id,
+            volume: req.volume.clone(),
+        });
     };
-    let mut src =
-        open(&image.path).map_err(|e| format!("snapshot {} at site {site}: {e}", snap.id))?;
-    let mut d = digest_range(src.as_mut(), req.offset, req.len, req.chunk)
-        .map_err(|e| format!("snapshot {} at site {site}: {e}", snap.id))?;
+    let read = |source| DigestError::Read {
+        site: site.to_owned(),
+        snapshot: snap.id,
+        source,
+    };
+    let mut src = open(&image.path).map_err(read)?;
+    let mut d = digest_range(src.as_mut(), req.offset, req.len, req.chunk).map_err(read)?;
     d.snapshot = Some(snap.id);
     Ok(d)
 }

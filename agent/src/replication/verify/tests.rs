@@ -46,6 +46,7 @@ impl Remote for FakeRemote {
                 path: p.to_owned(),
             }))
         })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -172,7 +173,8 @@ fn chunks_grow_for_large_volumes_and_requests_are_bounded() {
         chunk: 4096,
     };
     let e = serve_digests(&store, "site-b", "site-a", &req, &mut |_| unreachable!()).unwrap_err();
-    assert!(e.contains("no definition of VFS fs1"), "{e}");
+    assert!(matches!(e, DigestError::UnknownVfs { .. }), "{e}");
+    assert_eq!(e.to_string(), "site site-b has no definition of VFS fs1");
 }
 
 #[test]
