@@ -32,6 +32,11 @@ struct Pair {
 }
 
 fn pair(name: &str, b_pool_extra: &str) -> anyhow::Result<Pair> {
+    pair_with(name, b_pool_extra, "")
+}
+
+/// [`pair`], with more `replication:` fields for fs1 (indented by 6).
+fn pair_with(name: &str, b_pool_extra: &str, a_replication_extra: &str) -> anyhow::Result<Pair> {
     let lab = Lab::new(name)?;
     let a = lab.add_site("site-a")?;
     let b = lab.add_site("site-b")?;
@@ -46,7 +51,7 @@ fn pair(name: &str, b_pool_extra: &str) -> anyhow::Result<Pair> {
     let vfs = format!(
         "resources:\n  pool:\n    path: {}\nvfs:\n  - name: fs1\n    volumes:\n      - {{name: data, size: 512MiB, mount: {}}}\n    \
          interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    smb:\n      netbios_name: FS1\n    \
-         replication:\n      peer: site-b\n      interval: 1h\n",
+         replication:\n      peer: site-b\n      interval: 1h\n{a_replication_extra}",
         a.pool().mount_point().display(),
         mount.display()
     );
@@ -338,6 +343,85 @@ fn a_full_dr_pool_pauses_replication_with_one_alert_and_loses_nothing() -> anyho
         p.a_agent.status()?["paused"]
             .as_array()
             .is_some_and(|a| a.is_empty())
+    );
+    ensure!(p.a_agent.log_text().contains("replication_resumed"));
+    let (code, report) = p.verify()?;
+    ensure!(
+        code == 0 && report["snapshot"] == r2["snapshot"],
+        "{report}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn enospc_while_applying_restores_the_replicas_and_pauses() -> anyhow::Result<()> {
+    require_root()?;
+    // 40 MiB/s: a 160 MiB change takes seconds to arrive, so the pool fills up mid-cycle.
+    let p = pair_with("verify-enospc", "", "      bandwidth_limit: 40MiB/s\n")?;
+    let m = p.mnt();
+    sh(&format!(
+        "dd if=/dev/urandom of='{m}/first' bs=1M count=8 status=none; sync"
+    ))?;
+    let r1 = p.replicate()?;
+    sh(&format!(
+        "dd if=/dev/urandom of='{m}/second' bs=1M count=160 status=none; sync"
+    ))?;
+    let pool = p.b.pool().mount_point().to_owned();
+    let before = free_bytes(&pool)?;
+    let cycle = std::process::Command::new(vfsdr_lab::agent::vfsdr_bin()?)
+        .args(["replicate", "fs1", "--now", "--socket"])
+        .arg(p.a_agent.socket())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Once the DR site has written 20 MiB of the cycle, its pool fills up (2 MiB left).
+    let applying = wait_for(
+        "the DR site applying the cycle",
+        Duration::from_secs(30),
+        || Ok(before.saturating_sub(free_bytes(&pool)?) >= 20 * MIB),
+    );
+    let ballast = pool.join("ballast");
+    if applying.is_ok() {
+        sh(&format!(
+            "fallocate -l {} '{}'",
+            free_bytes(&pool)? - 2 * MIB,
+            ballast.display()
+        ))?;
+    }
+    let out = cycle.wait_with_output()?;
+    applying?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("no room"), "{err}");
+    ensure!(
+        p.b_agent
+            .log_text()
+            .contains("ran out of space while applying"),
+        "{}",
+        p.b_agent.log_text()
+    );
+    ensure!(p.a_agent.status()?["paused"][0]["vfs"] == "fs1");
+    // The DR site's latest snapshot is the first one, intact, and the replica is back at it.
+    let listed: Value = serde_json::from_str(&p.b_agent.cli(["snapshots", "fs1", "--json"])?)?;
+    ensure!(
+        listed.as_array().map(|a| a.len()) == Some(1) && listed[0]["id"] == r1["snapshot"],
+        "{listed}"
+    );
+    let (code, report) = p.verify()?;
+    ensure!(code == 0, "the DR snapshot must be intact: {report}");
+    let replica = pool.join("replicas/fs1/data.img");
+    let differing =
+        vfsdr_lab::check::differing_blocks(&replica, &p.snapshot_image(&r1["snapshot"]))?;
+    ensure!(
+        differing.is_empty(),
+        "the replica differs from the snapshot at {differing:?}"
+    );
+
+    std::fs::remove_file(&ballast)?;
+    let r2 = p.replicate()?;
+    ensure!(
+        r2["changed_bytes"].as_u64().unwrap_or(0) >= 160 * MIB,
+        "{r2}"
     );
     ensure!(p.a_agent.log_text().contains("replication_resumed"));
     let (code, report) = p.verify()?;

@@ -132,3 +132,18 @@ fn the_real_free_space_comes_from_statvfs_and_errors_name_the_path() {
     let e = images.free_space(&missing).unwrap_err().to_string();
     assert!(e.starts_with("statvfs ") && e.contains("missing"), "{e}");
 }
+
+#[tokio::test]
+async fn without_room_for_the_restore_the_half_written_replica_is_dropped_first() {
+    let (mut w, p1) = committed_once().await;
+    let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    w.dst.fail_next_with(Op::Write, None, libc::ENOSPC);
+    // The restore's reflink of the snapshot fails too, the first time.
+    w.dst.fail_next_with(Op::Clone, None, libc::ENOSPC);
+    let (sent, _) = w.cycle("site-a", Some(&p1), &p2, Some(1)).await;
+    assert!(
+        matches!(sent, Err(SessionError::PoolFull { cycle: 2, .. })),
+        "{sent:?}"
+    );
+    assert_intact(&w);
+}

@@ -217,7 +217,16 @@ impl Sink {
             _ => return e,
         };
         let latest = self.store.latest_snapshot(&b.vfs).ok().flatten();
-        if let Err(undo) = self.undo(&b.vfs, &volumes, latest.as_ref()) {
+        let mut undone = self.undo(&b.vfs, &volumes, latest.as_ref());
+        if undone.as_ref().is_err_and(is_no_space) {
+            // No room even for the reflinks of the restore: drop the half-written replicas
+            // (the snapshot holds their state) to free what the cycle wrote, then restore.
+            for v in &volumes {
+                let _ = self.images.remove(&v.image);
+            }
+            undone = self.undo(&b.vfs, &volumes, latest.as_ref());
+        }
+        if let Err(undo) = undone {
             tracing::error!(vfs = %b.vfs, event = "undo_failed", error = %undo,
                 "cannot restore the replicas after ENOSPC; the next cycle restores them");
             return self.pool_full(b);
