@@ -90,3 +90,67 @@ pub fn render(r: &VerifyReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::{gap::ByteRange, verify::VolumeVerify};
+
+    fn report(verdicts: Vec<VerifyResult>) -> VerifyReport {
+        VerifyReport {
+            vfs: "fs1".into(),
+            peer: "site-b".into(),
+            cycle: 3,
+            snapshot: Some(3),
+            volumes: verdicts
+                .into_iter()
+                .enumerate()
+                .map(|(i, verdict)| VolumeVerify {
+                    volume: format!("vol{i}"),
+                    size: 1 << 30,
+                    chunk: 4 << 20,
+                    verdict,
+                    hashed_bytes_active: 1 << 20,
+                    hashed_bytes_dr: 1 << 20,
+                    duration_ms: 5,
+                })
+                .collect(),
+            duration_ms: 9,
+        }
+    }
+
+    #[test]
+    fn exit_codes_and_text_name_the_volume_and_the_offset() {
+        let mismatch = VerifyResult::Mismatch {
+            differing_chunks: 1,
+            first_ranges: vec![ByteRange {
+                offset: 0x8003000,
+                len: 4096,
+            }],
+        };
+        let unverified = VerifyResult::Unverified {
+            reason: "site site-b has no snapshot of cycle 3 of VFS fs1".into(),
+        };
+        let ok = report(vec![VerifyResult::Match, VerifyResult::Match]);
+        assert_eq!(exit_code(&ok), ExitCode::SUCCESS);
+        assert!(
+            render(&ok).contains("vol1             match"),
+            "{}",
+            render(&ok)
+        );
+        let bad = report(vec![
+            VerifyResult::Match,
+            mismatch.clone(),
+            unverified.clone(),
+        ]);
+        assert_eq!(exit_code(&bad), ExitCode::from(MISMATCH));
+        let text = render(&bad);
+        assert!(
+            text.contains("vol1             MISMATCH") && text.contains("offset 0x8003000"),
+            "{text}"
+        );
+        assert!(text.contains("vol2             NOT COMPARED: site site-b has no snapshot"));
+        let missing = report(vec![VerifyResult::Match, unverified]);
+        assert_eq!(exit_code(&missing), ExitCode::from(UNVERIFIED));
+    }
+}
