@@ -152,6 +152,15 @@ fn run(
     Ok(report)
 }
 
+/// Hands the VFS back to the main loop when the verify thread ends, however it ends.
+struct Release(String, mpsc::UnboundedSender<String>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.1.send(std::mem::take(&mut self.0));
+    }
+}
+
 impl Cycles {
     /// Starts `vfsdr verify` of `vfs` (active here) on a thread; `done` gets the VFS back when
     /// it is over, so cycles may run again.
@@ -185,12 +194,13 @@ impl Cycles {
         }
         let state_dir = config.state_dir.clone();
         let site = config.site.name.clone();
-        let done = done.clone();
+        let release = Release(vfs.clone(), done.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("verify-{vfs}"))
             .spawn({
                 let vfs = vfs.clone();
                 move || {
+                    let _release = release;
                     let result = run(&def, &state_dir, ctx);
                     match &result {
                         Ok(r) => {
@@ -217,7 +227,6 @@ impl Cycles {
                             message: e.to_string(),
                         },
                     });
-                    let _ = done.send(vfs);
                 }
             });
         if let Err(e) = spawned {
