@@ -55,6 +55,11 @@ pub enum Request {
     Snapshots {
         vfs: String,
     },
+    /// Compare the DR site's snapshot of the last acknowledged cycle of `vfs` (active here) with
+    /// the clones it was made from; answered when done.
+    Verify {
+        vfs: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,9 +84,27 @@ pub enum Response {
         #[serde(default)]
         filesystems: std::collections::BTreeMap<String, String>,
     },
+    Verified(crate::replication::verify::VerifyReport),
     Error {
         message: String,
     },
+}
+
+/// A VFS whose replication is paused because its DR site's pool has no room: cycles are
+/// retried every interval (and by `vfsdr replicate --now`) until one fits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Paused {
+    pub vfs: String,
+    /// The DR site.
+    pub site: String,
+    /// Its pool, as it reported it.
+    pub pool: String,
+    /// Bytes the last refused cycle needed, and the bytes free beyond the pool's reserve.
+    pub needs: u64,
+    pub free: u64,
+    pub since_unix_s: u64,
+    /// Cycles refused since the pause began.
+    pub refused_cycles: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +138,9 @@ pub struct StatusReport {
     /// The last replication cycle of each VFS active here.
     #[serde(default)]
     pub replication: Vec<crate::daemon::CycleReport>,
+    /// VFSs whose replication is paused (their DR pool is full).
+    #[serde(default)]
+    pub paused: Vec<Paused>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The `vfsdr` command line: the daemon (`agent`) and the operator commands.
 mod show;
+mod verify;
 mod vfs;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -105,6 +106,16 @@ enum Command {
         /// Run a cycle now (the interval runs them otherwise).
         #[arg(long, required = true)]
         now: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Compare checksums of the DR site's latest snapshot of VFS (active here) with the clones it
+    /// was made from. Exit status 0: every volume matches; 4: a volume differs; 5: a volume could
+    /// not be compared (clone or snapshot missing); 1: verify could not run.
+    Verify {
+        vfs: String,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -296,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             target,
         } => vfs::replicate(&target.socket()?, vfs, json),
+        Command::Verify { vfs, json, target } => verify::verify(&target.socket()?, vfs, json),
         Command::Cert(CertCommand::Ca { dir, name }) => {
             let files = crate::cert::create_ca(&dir, &name)?;
             println!(

@@ -1,7 +1,7 @@
 //! Human-readable renderings of API answers.
 use std::fmt::Write as _;
 
-use crate::{api::StatusReport, tracking::Changes};
+use crate::{api::StatusReport, replication::gap::GapResult, tracking::Changes};
 
 /// `1.5 MiB` style sizes.
 pub fn bytes(n: f64) -> String {
@@ -102,7 +102,28 @@ pub fn status(r: &StatusReport) -> String {
                 c.freeze_window_ms,
                 c.point_unix_s
             );
+            for t in &c.tracker_check {
+                let _ = writeln!(
+                    o,
+                    "{:<12} tracker check {}: {}",
+                    "",
+                    t.volume,
+                    tracker_check(&t.check)
+                );
+            }
         }
+    }
+    for p in &r.paused {
+        let _ = writeln!(
+            o,
+            "\n{}: replication paused: DR pool full at {} (needs {}, free {}); {} cycle(s) refused since {}, retried every interval",
+            p.vfs,
+            p.site,
+            bytes(p.needs as f64),
+            bytes(p.free as f64),
+            p.refused_cycles,
+            p.since_unix_s
+        );
     }
     let p = &r.tracking.probes;
     let _ = writeln!(
@@ -119,6 +140,28 @@ pub fn status(r: &StatusReport) -> String {
         }
     );
     o
+}
+
+/// One volume's tracker-gap check, in a few words.
+pub fn tracker_check(c: &GapResult) -> String {
+    match c {
+        GapResult::Ok {
+            changed_blocks,
+            extra_blocks,
+        } => format!(
+            "ok, {changed_blocks} changed blocks all tracked ({extra_blocks} tracked blocks did not change)"
+        ),
+        GapResult::Gap {
+            missing_blocks,
+            changed_blocks,
+            first_missing,
+            ..
+        } => format!(
+            "GAP: {missing_blocks} of {changed_blocks} changed blocks not tracked, first at byte {}",
+            first_missing.first().map_or(0, |r| r.offset)
+        ),
+        GapResult::NotChecked { reason } => format!("not checked ({reason})"),
+    }
 }
 
 pub fn changes(c: &Changes) -> String {

@@ -202,6 +202,13 @@ pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
                     r.freeze_window_ms,
                     r.duration_ms as f64 / 1000.0
                 );
+                for t in &r.tracker_check {
+                    println!(
+                        "  tracker check {}: {}",
+                        t.volume,
+                        super::show::tracker_check(&t.check)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

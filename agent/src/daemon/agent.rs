@@ -31,7 +31,7 @@ pub struct Kernel {
 pub struct Agent {
     pub(super) config: Config,
     config_path: PathBuf,
-    tracker: Tracker,
+    pub(super) tracker: Tracker,
     probes: Box<dyn Probes>,
     devices: Box<dyn BlockDevices>,
     pub(super) links: Box<dyn Links>,
@@ -364,6 +364,7 @@ impl Agent {
             tracking: self.tracker.status(self.config.tracking.top_writers),
             peers: Default::default(),
             replication: Vec::new(),
+            paused: Vec::new(),
         }
     }
 }

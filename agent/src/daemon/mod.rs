@@ -2,9 +2,12 @@
 //! the kernel on a timer and on wakeups. SIGTERM/SIGINT detach everything and exit; SIGHUP
 //! reloads the configuration or keeps the old one and says why.
 mod agent;
+mod gap;
+mod pause;
 mod replicate;
 #[cfg(test)]
 mod tests;
+mod verify;
 mod vfs;
 
 use std::{
@@ -38,6 +41,7 @@ use crate::{
     api::{self, Request, Response},
     config,
     peer::{self, DataConn, Message, PeerClient, PeerContext, PeerRequest, PeerStatus},
+    replication::session::SessionError,
     resources::{RtnlLinks, SystemMounts},
     state::Store,
     tracking::EbpfProbes,
@@ -147,6 +151,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let mut cycles = Cycles::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CycleDone>();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<String>();
+    let (verified_tx, mut verified_rx) = mpsc::unbounded_channel::<String>();
     let mut cycle_tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(
         site = %site,
@@ -199,17 +204,24 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                     tokio::spawn(serve(stream, tx.clone()));
                 }
             }
-            Some((request, reply)) = rx.recv() => match agent.handle(request) {
+            Some(vfs) = verified_rx.recv() => { cycles.running.remove(&vfs); }
+            Some((request, reply)) = rx.recv() => match request {
+              Request::Verify { vfs } => {
+                cycles.verify(agent.config(), link.as_ref().map(|l| l.ctx.clone()), vfs, reply, &verified_tx)
+              }
+              request => match agent.handle(request) {
                 Handled::Now(Response::Status(mut report)) => {
                     if let Some(l) = &link {
                         report.peers = l.status.snapshot();
                     }
                     report.replication = cycles.last.values().cloned().collect();
+                    report.paused = cycles.paused.values().cloned().collect();
                     let _ = reply.send(Response::Status(report));
                 }
                 Handled::Now(response) => { let _ = reply.send(response); }
                 Handled::Forward { peer, message } => forward(link.as_ref(), &peer, message, reply),
                 Handled::Cycle(def) => cycles.start(&mut agent, link.as_ref(), def, Some(reply), &done_tx),
+              },
             },
             Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config(), committed_tx.clone()),
             Some(vfs) = committed_rx.recv() => agent.refresh_reserved_mounts(&vfs),
@@ -218,10 +230,15 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                     cycles.start(&mut agent, link.as_ref(), def, None, &done_tx);
                 }
             }
-            Some(done) = done_rx.recv() => cycles.finish(&site, done),
+            Some(done) = done_rx.recv() => cycles.finish(&mut agent, &site, done),
             Some(request) = peer_rx.recv() => {
-                let answer = agent.handle_peer(&request.from, request.message.clone());
-                request.respond(answer);
+                if matches!(request.message, Message::VerifyDigests { .. }) {
+                    // Hashed on a thread of its own, answered from there.
+                    verify::serve(request, agent.config());
+                } else {
+                    let answer = agent.handle_peer(&request.from, request.message.clone());
+                    request.respond(answer);
+                }
             }
             _ = hup.recv() => {
                 match agent.reload() {
@@ -345,7 +362,7 @@ const FIRST_CYCLE_DELAY: Duration = Duration::from_secs(60);
 /// A finished cycle, back from its thread.
 struct CycleDone {
     vfs: String,
-    result: Result<CycleReport, String>,
+    result: Result<replicate::CycleOutcome, replicate::CycleFailure>,
     reply: Option<oneshot::Sender<Response>>,
 }
 
@@ -355,6 +372,8 @@ struct Cycles {
     running: std::collections::HashSet<String>,
     next_due: HashMap<String, Instant>,
     last: std::collections::BTreeMap<String, CycleReport>,
+    /// VFSs whose DR pool is full (see `pause.rs`).
+    paused: std::collections::BTreeMap<String, api::Paused>,
 }
 
 impl Cycles {
@@ -429,6 +448,7 @@ impl Cycles {
         // The mark is taken before the cycle's pre-flush: what is written from here on is at
         // risk until the next cycle (what is written until the freeze is also in this one).
         let at_risk = agent.take_vfs_marks(&def.name);
+        agent.stage_gap_windows(&def.name);
         tracing::debug!(vfs = %def.name, event = "cycle_starting", at_risk_bytes = at_risk, "cycle starting");
         let interval = Duration::from_secs(def.replication.interval_s);
         self.next_due
@@ -447,29 +467,49 @@ impl Cycles {
             .spawn({
                 let vfs = vfs.clone();
                 move || {
-                    let result = replicate::run_cycle(job).map_err(|e| e.to_string());
+                    let result = replicate::run_cycle(job);
                     let _ = done.send(CycleDone { vfs, result, reply });
                 }
             });
         if let Err(e) = spawned {
             self.running.remove(&vfs);
+            agent.abort_gap_windows(&vfs);
             tracing::error!(vfs = %vfs, event = "cycle_failed", error = %e, "cannot start the cycle thread");
         }
     }
 
-    fn finish(&mut self, site: &str, done: CycleDone) {
+    fn finish(&mut self, agent: &mut Agent, site: &str, done: CycleDone) {
         self.running.remove(&done.vfs);
         let response = match done.result {
-            Ok(r) => {
+            Ok(mut outcome) => {
+                agent.check_tracker_gaps(&mut outcome);
+                let r = outcome.report;
+                self.resumed(site, &r.vfs, r.cycle);
                 tracing::info!(site = %site, vfs = %r.vfs, event = "cycle_done", cycle = r.cycle, snapshot = r.snapshot,
                     full = r.full, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
-                    freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms, "replication cycle committed at the DR site");
+                    freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms,
+                    tracker_gaps = r.tracker_check.iter().filter(|c| c.is_gap()).count(),
+                    "replication cycle committed at the DR site");
                 self.last.insert(r.vfs.clone(), r.clone());
                 Response::Replicated(r)
             }
-            Err(message) => {
-                tracing::error!(site = %site, vfs = %done.vfs, event = "cycle_failed", error = %message,
-                    "replication cycle failed; the DR site keeps its last snapshot");
+            Err(failure) => {
+                agent.abort_gap_windows(&done.vfs);
+                let message = failure.to_string();
+                if let replicate::CycleFailure::Session(SessionError::PoolFull { full, .. }) =
+                    &failure
+                {
+                    let peer = agent
+                        .config()
+                        .vfs
+                        .iter()
+                        .find(|d| d.name == done.vfs)
+                        .map_or("?".to_owned(), |d| d.replication.peer.clone());
+                    self.pool_full(site, &done.vfs, &peer, full);
+                } else {
+                    tracing::error!(site = %site, vfs = %done.vfs, event = "cycle_failed", error = %message,
+                        "replication cycle failed; the DR site keeps its last snapshot");
+                }
                 Response::Error { message }
             }
         };

@@ -61,6 +61,11 @@ pub fn accept(
         return;
     };
     let state_dir = config.state_dir.clone();
+    let reserve = config
+        .resources
+        .pool
+        .as_ref()
+        .map_or(0, |p| p.reserve_bytes);
     // One cycle per VFS at a time: a second connection (a sender that restarted while its old
     // connection lingers) must not undo the cycle in flight.
     if !RECEIVING
@@ -85,6 +90,7 @@ pub fn accept(
             store,
             images: Box::new(SystemImages::new()),
             pool,
+            reserve,
         };
         let started = Instant::now();
         match session::receive(conn.stream, &conn.from, sink).await {
@@ -127,6 +133,16 @@ pub struct CycleReport {
     /// When the point was taken (seconds since the Unix epoch): the consistent point the DR
     /// site now has.
     pub point_unix_s: u64,
+    /// Per volume: did the eBPF tracker see every block FIEMAP found changed?
+    #[serde(default)]
+    pub tracker_check: Vec<crate::replication::gap::VolumeGap>,
+}
+
+/// A cycle done: its report, and per volume (in the definition's order) the blocks FIEMAP found
+/// changed, for the tracker-gap check.
+pub struct CycleOutcome {
+    pub report: CycleReport,
+    pub changed: Vec<(String, crate::tracking::BlockSet)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +162,7 @@ pub enum CycleFailure {
 }
 
 /// Runs one cycle of `job.def` to its DR site, on the calling thread (with a runtime of its own).
-pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
+pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
     let vfs = job.def.name.clone();
     let setup = |what: String| CycleFailure::Setup {
         vfs: vfs.clone(),
@@ -218,9 +234,11 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
             volumes: volumes
                 .iter()
                 .zip(sizes)
-                .map(|(v, size)| VolumeInfo {
+                .zip(&d)
+                .map(|((v, size), changes)| VolumeInfo {
                     name: v.name.clone(),
                     size,
+                    write_bytes: Some(extents::total(changes).0),
                 })
                 .collect(),
         };
@@ -241,10 +259,15 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
             let pieces = Pieces::new(&mut images, &point, &d);
             Ok::<_, CycleFailure>(session::send(stream, &begin, pieces, codec, limit).await?)
         })?;
-        Ok::<_, CycleFailure>((sent, changed, zeroed))
+        let blocks = volumes
+            .iter()
+            .zip(&d)
+            .map(|(v, c)| (v.name.clone(), crate::replication::gap::changed_blocks(c)))
+            .collect();
+        Ok::<_, CycleFailure>((sent, changed, zeroed, blocks))
     })();
     match result {
-        Ok((sent, changed, zeroed)) => {
+        Ok((sent, changed, zeroed, blocks)) => {
             store.source_acked(
                 &vfs,
                 cycle,
@@ -253,7 +276,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
             if let Some(p) = &prev {
                 let _ = drop_point(&mut images, p);
             }
-            Ok(CycleReport {
+            let report = CycleReport {
                 vfs,
                 cycle,
                 snapshot: sent.snapshot,
@@ -264,6 +287,11 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
                 freeze_window_ms: point.freeze_window.as_secs_f64() * 1000.0,
                 duration_ms: started.elapsed().as_millis() as u64,
                 point_unix_s,
+                tracker_check: Vec::new(),
+            };
+            Ok(CycleOutcome {
+                report,
+                changed: blocks,
             })
         }
         Err(e) => {

@@ -410,3 +410,6 @@ mod at_risk {
         assert_eq!(due, ["fs1"]);
     }
 }
+
+#[path = "gap_tests.rs"]
+mod gap_checks;

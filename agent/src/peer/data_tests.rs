@@ -56,6 +56,7 @@ async fn a_data_connection_is_handed_to_the_agent_and_carries_a_cycle() {
         volumes: vec![VolumeInfo {
             name: "data".into(),
             size: 1 << 20,
+            write_bytes: None,
         }],
     };
     // The DR site's side: takes the connection, reads the cycle, answers Committed.

@@ -89,6 +89,15 @@ pub enum Message {
     OpenData {
         vfs: String,
     },
+    /// The active site asks its DR site for the SHA-256 digests of a volume of the snapshot of
+    /// a cycle (`vfsdr verify`), hashed on a thread of its own at the DR site.
+    VerifyDigests {
+        request: crate::replication::verify::DigestRequest,
+    },
+    /// Reply to `VerifyDigests`.
+    Digests {
+        digests: crate::replication::verify::Digests,
+    },
 }
 
 /// What a data connection is for ([`super::PeerClient::open_data`]).
@@ -131,6 +140,8 @@ impl Message {
             Message::Released { .. } => "released",
             Message::Error { .. } => "error",
             Message::OpenData { .. } => "open_data",
+            Message::VerifyDigests { .. } => "verify_digests",
+            Message::Digests { .. } => "digests",
         }
     }
 

@@ -103,6 +103,8 @@ struct State {
     calls: Vec<Call>,
     freeze_time: Duration,
     max_extent_blocks: Option<u64>,
+    /// What `free_space` reports (unlimited unless set).
+    free_space: Option<u64>,
 }
 
 fn errno(op: &'static str, path: &Path, errno: i32) -> FsError {
@@ -303,6 +305,11 @@ impl FakeImages {
     /// Cuts reported extents after this many blocks (as file systems cut long extents).
     pub fn set_max_extent_blocks(&self, blocks: Option<u64>) {
         self.lock().max_extent_blocks = blocks.map(|b| b.max(1));
+    }
+
+    /// What [`Images::free_space`] reports from now on (`None`: unlimited).
+    pub fn set_free_space(&self, bytes: Option<u64>) {
+        self.lock().free_space = bytes;
     }
 
     /// Every call so far, in order.
@@ -590,6 +597,10 @@ impl Images for FakeImages {
 
     fn exists(&mut self, file: &Path) -> bool {
         self.lock().files.contains_key(file)
+    }
+
+    fn free_space(&mut self, _dir: &Path) -> Result<u64, FsError> {
+        Ok(self.lock().free_space.unwrap_or(u64::MAX))
     }
 }
 

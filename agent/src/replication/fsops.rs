@@ -153,6 +153,9 @@ pub trait Images: Send {
     /// they differ).
     fn rename(&mut self, from: &Path, to: &Path) -> Result<(), FsError>;
     fn exists(&mut self, file: &Path) -> bool;
+    /// Bytes an unprivileged writer may still allocate in the file system holding `dir`
+    /// (statvfs: `f_bavail * f_frsize`).
+    fn free_space(&mut self, dir: &Path) -> Result<u64, FsError>;
 }
 
 /// `_IOC` of `asm-generic/ioctl.h`.

@@ -20,10 +20,14 @@ mod cycle_tests;
 pub mod extents;
 pub mod fake_fs;
 pub mod fsops;
+pub mod gap;
+#[cfg(test)]
+mod pool_full_tests;
 pub mod retention;
 pub mod session;
 #[cfg(test)]
 mod session_tests;
 pub mod sink;
 pub mod throttle;
+pub mod verify;
 pub mod wire;

@@ -12,7 +12,7 @@ use super::{
     codec::Codec,
     cycle::{CycleError, Piece},
     sink::{Sink, SinkError},
-    wire::{Begin, Frame, FrameReader, FrameWriter, WireError, WireStats, check_bounds},
+    wire::{Begin, Frame, FrameReader, FrameWriter, PoolFull, WireError, WireStats, check_bounds},
 };
 use crate::state::Snapshot;
 
@@ -42,6 +42,9 @@ pub enum SessionError {
     Cycle(#[from] CycleError),
     #[error("the DR site refused cycle {cycle}: {reason}")]
     Refused { cycle: u64, reason: String },
+    /// The DR site has no room for the cycle in its pool (nothing was changed there).
+    #[error("the DR site has no room for cycle {cycle}: pool {} needs {} bytes, {} free", full.pool, full.needs, full.free)]
+    PoolFull { cycle: u64, full: PoolFull },
     #[error("cycle {cycle}: expected {expected}, the peer sent {got}")]
     Unexpected {
         cycle: u64,
@@ -110,6 +113,10 @@ where
             cycle: begin.cycle,
             reason,
         }),
+        (_, Ok(Frame::PoolFull(full))) => Err(SessionError::PoolFull {
+            cycle: begin.cycle,
+            full,
+        }),
         (Err(e), _) => Err(e),
         (Ok(()), Ok(Frame::Committed { cycle, snapshot })) if cycle == begin.cycle => Ok(Sent {
             snapshot,
@@ -156,6 +163,10 @@ where
         Ok(snapshot) => {
             writer.committed(snapshot.cycle, snapshot.id).await?;
             Ok(snapshot)
+        }
+        Err(SessionError::Sink(SinkError::PoolFull { vfs, full })) => {
+            let _ = writer.pool_full(&full).await;
+            Err(SessionError::Sink(SinkError::PoolFull { vfs, full }))
         }
         Err(e) => {
             let _ = writer.refused(&e.to_string()).await;
@@ -241,9 +252,15 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
         match job {
             Job::Begin(from, b, reply) => {
                 let r = sink.begin(&from, &b);
-                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| SinkError::Refused {
-                    vfs: b.vfs.clone(),
-                    what: e.to_string(),
+                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| match e {
+                    SinkError::PoolFull { vfs, full } => SinkError::PoolFull {
+                        vfs: vfs.clone(),
+                        full: full.clone(),
+                    },
+                    e => SinkError::Refused {
+                        vfs: b.vfs.clone(),
+                        what: e.to_string(),
+                    },
                 }));
                 receiving = r.ok();
             }
@@ -252,6 +269,10 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
                     && let Some(r) = receiving.as_mut()
                     && let Err(e) = sink.apply(r, &p)
                 {
+                    if matches!(e, SinkError::PoolFull { .. }) {
+                        // The replicas are restored already; the cycle is over.
+                        receiving = None;
+                    }
                     failed = Some(e);
                 }
             }

@@ -15,16 +15,16 @@ use crate::{
     state::{Role, Store},
 };
 
-const MIB: u64 = 1 << 20;
+pub(super) const MIB: u64 = 1 << 20;
 
-struct World {
-    src: FakeImages,
-    dst: FakeImages,
-    vols: Vec<SourceVolume>,
-    dir: tempfile::TempDir,
+pub(super) struct World {
+    pub(super) src: FakeImages,
+    pub(super) dst: FakeImages,
+    pub(super) vols: Vec<SourceVolume>,
+    pub(super) dir: tempfile::TempDir,
 }
 
-fn world() -> World {
+pub(super) fn world() -> World {
     world_with(|_| {})
 }
 
@@ -53,15 +53,16 @@ fn world_with(edit: impl FnOnce(&mut crate::config::VfsDef)) -> World {
 }
 
 impl World {
-    fn sink(&self) -> Sink {
+    pub(super) fn sink(&self) -> Sink {
         Sink {
             store: Store::open(self.dir.path()).unwrap(),
             images: Box::new(self.dst.clone()),
             pool: "/b/pool".into(),
+            reserve: 0,
         }
     }
 
-    fn begin(&self, cycle: u64, base: Option<u64>) -> Begin {
+    pub(super) fn begin(&self, cycle: u64, base: Option<u64>) -> Begin {
         Begin {
             vfs: "fs1".into(),
             cycle,
@@ -70,11 +71,12 @@ impl World {
             volumes: vec![VolumeInfo {
                 name: "data".into(),
                 size: 16 * MIB,
+                write_bytes: None,
             }],
         }
     }
 
-    async fn cycle(
+    pub(super) async fn cycle(
         &mut self,
         from: &str,
         prev: Option<&Point>,

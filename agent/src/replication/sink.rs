@@ -2,12 +2,18 @@
 //! what this site holds, undoes an interrupted cycle, applies the pieces into the working
 //! replicas, and commits a group-consistent snapshot in the catalog. Synchronous: it runs on a
 //! thread of its own, fed by the data connection.
+//!
+//! Room: before a cycle is applied, the pool's free space less its configured reserve must
+//! cover what the cycle writes ([`needed_bytes`]); otherwise the cycle is refused with
+//! [`SinkError::PoolFull`] and nothing is touched. ENOSPC (or EDQUOT) met while applying or
+//! committing is the same refusal, after the working replicas are restored from the last
+//! committed snapshot (which stays as it was).
 use std::path::{Path, PathBuf};
 
 use super::{
     cycle::{Applier, CycleError, Piece, ReplicaVolume, restore},
     fsops::Images,
-    wire::Begin,
+    wire::{Begin, PoolFull},
 };
 use crate::{
     config::VfsDef,
@@ -41,12 +47,46 @@ pub enum SinkError {
     Cycle(#[from] CycleError),
     #[error(transparent)]
     Fs(#[from] super::fsops::FsError),
+    /// No room in the pool for the cycle: a refusal of its own kind (the sender pauses).
+    #[error("VFS {vfs}: the DR pool {} is full: the cycle needs {} bytes, {} are free (beyond the reserve)", full.pool, full.needs, full.free)]
+    PoolFull { vfs: String, full: PoolFull },
+}
+
+/// Room kept for file-system metadata per volume on top of the data a cycle writes.
+pub const METADATA_MARGIN: u64 = 1 << 20;
+
+/// What a cycle needs in the pool, conservatively: every byte it writes lands in a new block
+/// (copy on write: the replica shares its blocks with the snapshots), rounded up to 4 KiB
+/// blocks, plus [`METADATA_MARGIN`] per volume; a volume whose write size the sender did not
+/// say counts whole.
+pub fn needed_bytes(b: &Begin) -> u64 {
+    b.volumes
+        .iter()
+        .map(|v| {
+            v.write_bytes
+                .unwrap_or(v.size)
+                .div_ceil(super::cycle::BLOCK)
+                .saturating_mul(super::cycle::BLOCK)
+                .saturating_add(METADATA_MARGIN)
+        })
+        .fold(0, u64::saturating_add)
+}
+
+/// True when `e` says the file system is out of space (ENOSPC, or EDQUOT for a quota).
+fn is_no_space(e: &SinkError) -> bool {
+    let fs = match e {
+        SinkError::Fs(f) | SinkError::Cycle(CycleError::Fs(f)) => f,
+        _ => return false,
+    };
+    matches!(fs.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 pub struct Sink {
     pub store: Store,
     pub images: Box<dyn Images>,
     pub pool: PathBuf,
+    /// Bytes of the pool always left free (`resources.pool.reserve`).
+    pub reserve: u64,
 }
 
 /// A cycle being received.
@@ -118,6 +158,7 @@ impl Sink {
             tracing::warn!(vfs = %b.vfs, event = "cycle_abandoned", cycle = flight.cycle,
                 "an interrupted cycle was undone from the last snapshot");
         }
+        self.check_room(b)?;
         if b.base.is_none() {
             // A full copy: start from empty replicas (the snapshots keep the older states).
             for v in &volumes {
@@ -131,6 +172,69 @@ impl Sink {
             applier,
             changed_bytes: 0,
         })
+    }
+
+    /// Free bytes of the pool beyond its reserve.
+    fn free(&mut self) -> Result<u64, SinkError> {
+        Ok(self
+            .images
+            .free_space(&self.pool)?
+            .saturating_sub(self.reserve))
+    }
+
+    fn pool_full(&mut self, b: &Begin) -> SinkError {
+        let free = self.free().unwrap_or(0);
+        SinkError::PoolFull {
+            vfs: b.vfs.clone(),
+            full: PoolFull {
+                pool: self.pool.display().to_string(),
+                needs: needed_bytes(b),
+                free,
+            },
+        }
+    }
+
+    /// Refuses `b` when the pool has no room for it (before anything is written).
+    fn check_room(&mut self, b: &Begin) -> Result<(), SinkError> {
+        let (needs, free) = (needed_bytes(b), self.free()?);
+        if free < needs {
+            tracing::warn!(vfs = %b.vfs, event = "pool_full", cycle = b.cycle, needs, free,
+                pool = %self.pool.display(), "no room in the pool for the cycle; refused");
+            return Err(self.pool_full(b));
+        }
+        Ok(())
+    }
+
+    /// After ENOSPC: the working replicas go back to the last snapshot (freeing what the cycle
+    /// wrote), the cycle is forgotten, and the error becomes [`SinkError::PoolFull`]. Any other
+    /// error is returned as it is.
+    fn out_of_space(&mut self, b: &Begin, e: SinkError) -> SinkError {
+        if !is_no_space(&e) {
+            return e;
+        }
+        let volumes = match self.store.definition(&b.vfs) {
+            Ok(Some(stored)) => replica_volumes(&self.pool, &stored.def),
+            _ => return e,
+        };
+        let latest = self.store.latest_snapshot(&b.vfs).ok().flatten();
+        let mut undone = self.undo(&b.vfs, &volumes, latest.as_ref());
+        if undone.as_ref().is_err_and(is_no_space) {
+            // No room even for the reflinks of the restore: drop the half-written replicas
+            // (the snapshot holds their state) to free what the cycle wrote, then restore.
+            for v in &volumes {
+                let _ = self.images.remove(&v.image);
+            }
+            undone = self.undo(&b.vfs, &volumes, latest.as_ref());
+        }
+        if let Err(undo) = undone {
+            tracing::error!(vfs = %b.vfs, event = "undo_failed", error = %undo,
+                "cannot restore the replicas after ENOSPC; the next cycle restores them");
+            return self.pool_full(b);
+        }
+        let _ = self.store.abandon_cycle(&b.vfs);
+        tracing::warn!(vfs = %b.vfs, event = "pool_full", cycle = b.cycle, error = %e,
+            "the pool ran out of space while applying; replicas restored from the last snapshot");
+        self.pool_full(b)
     }
 
     /// Brings the replicas back to the last snapshot (or to nothing, before the first).
@@ -154,8 +258,12 @@ impl Sink {
         Ok(())
     }
 
+    /// Writes one piece. ENOSPC restores the replicas and returns [`SinkError::PoolFull`]: the
+    /// cycle is over, `r` must not be used again.
     pub fn apply(&mut self, r: &mut Receiving, piece: &Piece) -> Result<(), SinkError> {
-        r.applier.apply(self.images.as_mut(), piece)?;
+        if let Err(e) = r.applier.apply(self.images.as_mut(), piece) {
+            return Err(self.out_of_space(&r.begin, e.into()));
+        }
         r.changed_bytes = r.applier.applied_bytes;
         Ok(())
     }
@@ -175,7 +283,10 @@ impl Sink {
         let b = r.begin;
         let dir = snapshot_dir(&self.pool, &b.vfs, b.cycle);
         let volumes = r.applier.volumes().to_vec();
-        let paths = r.applier.commit(self.images.as_mut(), &dir)?;
+        let paths = match r.applier.commit(self.images.as_mut(), &dir) {
+            Ok(p) => p,
+            Err(e) => return Err(self.out_of_space(&b, e.into())),
+        };
         let mut images = Vec::new();
         for (v, p) in volumes.iter().zip(paths) {
             images.push(SnapshotImage {

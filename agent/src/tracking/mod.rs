@@ -20,5 +20,5 @@ pub use blockset::{BlockRange, BlockSet};
 pub use ebpf::EbpfProbes;
 pub use probes::{Drained, FakeProbes, ProbeError, Probes};
 pub use tracker::{
-    Changes, ProbeCounters, TrackError, Tracker, TrackingStatus, VolumeStatus, WriterStatus,
+    Changes, ProbeCounters, TrackError, Tracker, TrackingStatus, VolumeStatus, Window, WriterStatus,
 };

@@ -25,6 +25,27 @@ struct Watched {
     mark_time: SystemTime,
     totals: VolumeCounters,
     samples: Samples,
+    /// Windows of the tracker-gap check ([`Tracker::stage_window`]).
+    window: Windows,
+}
+
+/// Every block changed on a volume since a start, across marks: the gap check of a cycle
+/// compares it with what FIEMAP found changed since the previous point.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// The cycle whose success made this the window (set by [`Tracker::commit_window`]).
+    pub cycle: u64,
+    pub blocks: BlockSet,
+    /// The kernel's dropped-record count when the window started.
+    dropped_at_start: u64,
+}
+
+/// `base`: started at the mark of the last acknowledged cycle; `staged`: at the mark of the
+/// running one.
+#[derive(Default)]
+struct Windows {
+    base: Option<Window>,
+    staged: Option<Window>,
 }
 
 struct Writer {
@@ -149,6 +170,7 @@ impl Tracker {
             mark_time: SystemTime::now(),
             totals: VolumeCounters::default(),
             samples: VecDeque::new(),
+            window: Windows::default(),
         });
         Ok(())
     }
@@ -197,11 +219,12 @@ impl Tracker {
             }
             let dev = DevId::from_kernel(e.dev);
             if let Some(v) = self.volumes.iter_mut().find(|v| v.dev == dev) {
-                v.changed.insert_bytes(
-                    e.sector * SECTOR_SIZE,
-                    e.nr_sectors * SECTOR_SIZE,
-                    BLOCK_SIZE,
-                );
+                let (offset, len) = (e.sector * SECTOR_SIZE, e.nr_sectors * SECTOR_SIZE);
+                v.changed.insert_bytes(offset, len, BLOCK_SIZE);
+                let w = &mut v.window;
+                for window in w.base.iter_mut().chain(w.staged.iter_mut()) {
+                    window.blocks.insert_bytes(offset, len, BLOCK_SIZE);
+                }
             }
         }
         for (dev, c) in &d.volumes {
@@ -262,6 +285,52 @@ impl Tracker {
         let changes = self.changes_of(&self.volumes[index], &taken);
         self.volumes[index].mark_time = SystemTime::now();
         Ok(changes)
+    }
+
+    /// Starts a staged window on `name` (at the mark of a cycle, before its point is taken).
+    pub fn stage_window(&mut self, name: &str) -> Result<(), TrackError> {
+        let index = self.index(name)?;
+        self.volumes[index].window.staged = Some(Window {
+            cycle: 0,
+            blocks: BlockSet::new(),
+            dropped_at_start: self.dropped_since_start,
+        });
+        Ok(())
+    }
+
+    /// The cycle staged on `name` was acknowledged: its window becomes the base of the next
+    /// check (none if nothing was staged).
+    pub fn commit_window(&mut self, name: &str, cycle: u64) -> Result<(), TrackError> {
+        let index = self.index(name)?;
+        let w = &mut self.volumes[index].window;
+        w.base = w.staged.take().map(|s| Window { cycle, ..s });
+        Ok(())
+    }
+
+    /// The cycle staged on `name` failed: the base window goes on.
+    pub fn abort_window(&mut self, name: &str) -> Result<(), TrackError> {
+        let index = self.index(name)?;
+        self.volumes[index].window.staged = None;
+        Ok(())
+    }
+
+    /// The base window of `name`, or why there is none usable: the volume was not watched
+    /// since the last acknowledged cycle's mark, or the kernel dropped records since.
+    pub fn window(&self, name: &str) -> Result<&Window, String> {
+        let v = &self.volumes[self.index(name).map_err(|e| e.to_string())?];
+        let Some(w) = &v.window.base else {
+            return Err(
+                "the tracker has not watched the volume since the previous point (agent restarted, or no cycle acknowledged since it started)"
+                    .into(),
+            );
+        };
+        if self.dropped_since_start > w.dropped_at_start {
+            return Err(format!(
+                "the kernel dropped {} change records since the previous point",
+                self.dropped_since_start - w.dropped_at_start
+            ));
+        }
+        Ok(w)
     }
 
     fn changes_of(&self, v: &Watched, set: &BlockSet) -> Changes {

@@ -486,6 +486,22 @@ impl Images for SystemImages {
         Ok(())
     }
 
+    fn free_space(&mut self, dir: &Path) -> Result<u64, FsError> {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+            FsError::Io {
+                op: "statvfs",
+                path: dir.to_owned(),
+                source: io::ErrorKind::InvalidInput.into(),
+            }
+        })?;
+        // SAFETY: statvfs fills the zeroed struct it is given; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io_err("statvfs", dir)(io::Error::last_os_error()));
+        }
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+
     fn exists(&mut self, file: &Path) -> bool {
         fs::symlink_metadata(file).is_ok()
     }

@@ -27,6 +27,7 @@
 //! | 0x05 | `Commit` | sender -> receiver | cycle u64 |
 //! | 0x81 | `Committed` | receiver -> sender | cycle u64, snapshot u64 |
 //! | 0x82 | `Refused` | receiver -> sender | reason, UTF-8 |
+//! | 0x83 | `PoolFull` | receiver -> sender | JSON `{pool, needs, free}` ([`PoolFull`]) |
 //!
 //! Codec bytes: 0 none, 1 zstd (level 1), 2 lz4 (block format); see [`super::codec`]. A `Data`
 //! frame decodes to at most [`MAX_DATA`] (8 MiB) bytes. `volume` is the index of the volume in
@@ -37,6 +38,10 @@
 //! `Begin`, then for each volume its `Data` and `Zero` frames and a `VolumeEnd`, then `Commit`; the
 //! receiver answers `Committed` once the snapshot is safe, or `Refused` at any point (and closes).
 //! The order is the replication engine's to enforce; this module checks each frame on its own.
+//! `PoolFull` is a refusal of its own kind: the receiver's pool has no room for the cycle (checked
+//! before anything is written, or met as ENOSPC while applying); the sender pauses and retries.
+//! `Begin`'s `write_bytes` per volume (the bytes of its `Data` frames) lets the receiver check its
+//! room first; a sender that leaves it out is assumed to rewrite the whole volume.
 //!
 //! `VolumeEnd` carries the number of `Data` and `Zero` frames sent for the volume (`blocks`) and a
 //! SHA-256 ([`VolumeDigest`]) over, for each of them in order: a tag byte (`D` or `Z`), the offset
@@ -85,6 +90,7 @@ const VOLUME_END: u8 = 0x04;
 const COMMIT: u8 = 0x05;
 const COMMITTED: u8 = 0x81;
 const REFUSED: u8 = 0x82;
+const POOL_FULL: u8 = 0x83;
 
 /// Fixed fields of a `Data` payload: volume, offset, len, codec.
 const DATA_FIELDS: usize = 2 + 8 + 4 + 1;
@@ -96,6 +102,19 @@ const MAX_REASON: usize = 4096;
 pub struct VolumeInfo {
     pub name: String,
     pub size: u64,
+    /// Bytes of `Data` the cycle writes into this volume (`None`: unknown, up to `size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_bytes: Option<u64>,
+}
+
+/// Why a receiver has no room for a cycle: the free bytes of its pool (less its configured
+/// reserve) against what the cycle needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolFull {
+    /// The receiver's pool directory.
+    pub pool: String,
+    pub needs: u64,
+    pub free: u64,
 }
 
 /// What a cycle is: `base` is the snapshot the delta applies to (`None` for a full copy).
@@ -140,6 +159,7 @@ pub enum Frame {
     Refused {
         reason: String,
     },
+    PoolFull(PoolFull),
 }
 
 impl Frame {
@@ -153,6 +173,7 @@ impl Frame {
             Frame::Commit { .. } => "commit",
             Frame::Committed { .. } => "committed",
             Frame::Refused { .. } => "refused",
+            Frame::PoolFull(_) => "pool_full",
         }
     }
 }
@@ -167,6 +188,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         COMMIT => "commit",
         COMMITTED => "committed",
         REFUSED => "refused",
+        POOL_FULL => "pool_full",
         _ => return None,
     })
 }

@@ -225,6 +225,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     reason: reason.to_owned(),
                 })
             }
+            POOL_FULL => {
+                let full: PoolFull =
+                    serde_json::from_slice(p.bytes).map_err(|source| WireError::Json {
+                        kind: "pool_full",
+                        source,
+                    })?;
+                Ok(Frame::PoolFull(full))
+            }
             _ => Err(WireError::UnknownKind { kind }),
         }
     }

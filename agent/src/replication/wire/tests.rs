@@ -18,10 +18,12 @@ fn begin() -> Begin {
             VolumeInfo {
                 name: "data".into(),
                 size: 1 << 30,
+                write_bytes: None,
             },
             VolumeInfo {
                 name: "logs".into(),
                 size: 1 << 20,
+                write_bytes: None,
             },
         ],
     }

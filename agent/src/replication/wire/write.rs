@@ -132,6 +132,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await
     }
 
+    /// The receiver has no room for the cycle in its pool; flushes.
+    pub async fn pool_full(&mut self, full: &PoolFull) -> Result<(), WireError> {
+        self.start();
+        serde_json::to_writer(&mut self.buf, full).map_err(|source| WireError::Json {
+            kind: "pool_full",
+            source,
+        })?;
+        self.send_buf(POOL_FULL).await?;
+        self.flush().await
+    }
+
     /// Sends `frame` as it is. `Data` and `Zero` count towards their volume's digest as with
     /// [`FrameWriter::data`] (a `Data` frame's `codec` is ignored: the writer's is used);
     /// `VolumeEnd` is sent with the frame's own count and digest.
@@ -160,6 +171,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             Frame::Commit { cycle } => self.commit(*cycle).await,
             Frame::Committed { cycle, snapshot } => self.committed(*cycle, *snapshot).await,
             Frame::Refused { reason } => self.refused(reason).await,
+            Frame::PoolFull(full) => self.pool_full(full).await,
         }
     }
 
