@@ -437,6 +437,7 @@ impl Cycles {
         let job = replicate::CycleJob {
             def,
             pool,
+            mount_root: agent.config().resources.mount_root.clone(),
             state_dir: agent.config().state_dir.clone(),
             ctx: link.ctx.clone(),
         };

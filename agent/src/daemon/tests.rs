@@ -258,7 +258,7 @@ mod vfs {
     fn bad_definitions_are_refused_and_change_nothing() {
         let (mut agent, _) = start(&[]).unwrap();
         let mut bad = test_vfs("fs1", "site-a", MNT);
-        bad.volumes[0].mount = "relative/path".into();
+        bad.volumes[0].mount = "../escape".into();
         let Message::Error { message } =
             agent.handle_peer("site-x", Message::PushDefinition { vfs: bad, epoch: 1 })
         else {
