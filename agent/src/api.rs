@@ -115,6 +115,9 @@ pub struct StatusReport {
     /// The last replication cycle of each VFS active here.
     #[serde(default)]
     pub replication: Vec<crate::daemon::CycleReport>,
+    /// The volumes of the VFSs active here: mounted, or what is missing.
+    #[serde(default)]
+    pub vfs_volumes: Vec<crate::daemon::VfsVolumeStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

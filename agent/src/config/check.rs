@@ -111,7 +111,7 @@ impl VfsDef {
                 .ok_or_else(|| format!("mount path `{}` is not UTF-8", volume.mount.display()));
             // Relative mounts are compared with each other, absolute ones likewise: where a
             // relative one lands depends on the site's mount root.
-            match written.and_then(|w| values::volume_mount(w)) {
+            match written.and_then(values::volume_mount) {
                 Err(message) => problems.push(&field, message),
                 Ok(()) => {
                     let conflict = mounts

@@ -6,6 +6,7 @@ mod replicate;
 #[cfg(test)]
 mod tests;
 mod vfs;
+mod volumes;
 
 use std::{
     io,
@@ -25,6 +26,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
+pub use volumes::{VfsVolumeStatus, active_volumes};
 
 use std::{
     collections::HashMap,

@@ -153,7 +153,7 @@ pub struct LifecycleError {
     pub volume: String,
     pub stage: Stage,
     #[source]
-    pub problem: Problem,
+    pub problem: Box<Problem>,
 }
 
 /// One step as done (or found done).
@@ -180,7 +180,7 @@ fn fail(v: &ActiveVolume, stage: Stage, problem: impl Into<Problem>) -> Lifecycl
         vfs: v.vfs.clone(),
         volume: v.volume.clone(),
         stage,
-        problem: problem.into(),
+        problem: Box::new(problem.into()),
     }
 }
 

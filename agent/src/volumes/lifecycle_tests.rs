@@ -130,7 +130,7 @@ fn a_blank_image_is_formatted_but_one_holding_data_is_refused() {
     let e = bring_up(&vol(), &mut d, &mut m).unwrap_err();
     assert_eq!(e.stage, Stage::FileSystem);
     assert!(matches!(
-        e.problem,
+        *e.problem,
         super::lifecycle::Problem::Refused(Refusal::DataWithoutFileSystem { .. })
     ));
     assert_eq!(
