@@ -100,6 +100,16 @@ impl MountRoot {
     }
 }
 
+impl Drop for MountRoot {
+    /// The volumes the agent left mounted (as it does) are unmounted here, last mounted first,
+    /// before the directory guard removes the tree (which would warn about them).
+    fn drop(&mut self) {
+        for m in crate::sys::mounts_under(self.path()) {
+            crate::guard::unmount(&m);
+        }
+    }
+}
+
 /// A `resources:` section with the site's pool, `mount_root` and `extra` lines (such as
 /// `  links:` and its items) after them.
 pub fn resources(site: &Site, mount_root: &Path, extra: &str) -> String {
