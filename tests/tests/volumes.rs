@@ -248,3 +248,67 @@ fn reload(agent: &Agent, config: &Path, body: &str) -> anyhow::Result<()> {
         Ok(log.matches("config_reloaded").count() > before)
     })
 }
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn a_volume_set_up_by_hand_at_an_absolute_path_is_taken_as_present() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("vol-by-hand")?;
+    let a = lab.add_site("site-a")?;
+    let b = lab.add_site("site-b")?;
+    let certs = lab.dir().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    make_certs(&certs, &["site-a", "site-b"])?;
+    // Image in the pool where the agent looks for it, attached (losetup) and mounted by hand.
+    let image = a.pool().mount_point().join("volumes/fs1/data.img");
+    std::fs::create_dir_all(image.parent().context("dir")?)?;
+    let mount = lab.dir().join("vfs-mnt/fs1/data");
+    std::fs::create_dir_all(mount.parent().context("dir")?)?;
+    let vol = vfsdr_lab::Volume::create(&image, &mount, 512 << 20)?;
+    let uuid_before = uuid(&image)?;
+    let fs1 = vfs_item(
+        "fs1",
+        &format!(
+            "      - {{name: data, size: 512MiB, mount: {}}}\n",
+            mount.display()
+        ),
+        0,
+    );
+    let body = format!(
+        "resources:\n  pool:\n    path: {}\nvfs:\n{fs1}",
+        a.pool().mount_point().display()
+    );
+    let config = write_config_with_peers(&a, &certs, &[&b], &body)?;
+    let agent = Agent::start(&a, &config)?;
+    let log = agent.log_text();
+    for event in [
+        "volume_created",
+        "volume_formatted",
+        "volume_attached",
+        "volume_mounted",
+    ] {
+        ensure!(
+            !log.contains(event),
+            "{event} for a volume already up:\n{log}"
+        );
+    }
+    let states = volume_states(&agent)?;
+    let s = state_of(&states, "fs1/data")?;
+    ensure!(
+        s["ready"] == true
+            && s["state"]
+                == format!(
+                    "mounted at {} via {}",
+                    mount.display(),
+                    vol.loop_device().display()
+                ),
+        "{s}"
+    );
+    ensure!(uuid(&image)? == uuid_before);
+    ensure!(count_mounts(&mount)? == 1 && loops_of(&image)?.lines().count() == 1);
+    agent.stop()?;
+    // The hand-made volume's own guards take it down.
+    drop(vol);
+    ensure!(mounted_at(&mount)?.is_none());
+    Ok(())
+}
