@@ -92,6 +92,9 @@ pub struct VfsInfo {
     pub from_site: String,
     pub reservations: Vec<Reservation>,
     pub shortages: Vec<serde_json::Value>,
+    /// For a VFS active here: its volumes, mounted or what is missing.
+    #[serde(default)]
+    pub volumes: Vec<crate::daemon::VfsVolumeStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

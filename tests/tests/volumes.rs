@@ -175,6 +175,14 @@ fn the_agent_brings_up_its_volumes_and_a_restart_keeps_them() -> anyhow::Result<
         loops_of(&data_image)?
     );
     ensure!(volume_states(&agent)?.iter().all(|s| s["ready"] == true));
+    let listed = agent.cli(["vfs"])?;
+    ensure!(
+        listed.contains(&format!(
+            "  volume data: mounted at {}",
+            data_mount.display()
+        )),
+        "{listed}"
+    );
 
     // A new VFS whose mount path holds a foreign mount: refused with the holder named, nothing
     // done for it; fs1 goes on.
@@ -311,4 +319,49 @@ fn a_volume_set_up_by_hand_at_an_absolute_path_is_taken_as_present() -> anyhow::
     drop(vol);
     ensure!(mounted_at(&mount)?.is_none());
     Ok(())
+}
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn no_image_is_created_where_the_pool_is_not_mounted() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("vol-no-pool")?;
+    let a = lab.add_site("site-a")?;
+    let b = lab.add_site("site-b")?;
+    let root = mount_root(&a)?;
+    let certs = lab.dir().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    make_certs(&certs, &["site-a", "site-b"])?;
+    // The configured pool is a directory on tmpfs, as one whose file system failed to mount
+    // would be on the root file system.
+    let pool = root.path().join("not-a-pool");
+    std::fs::create_dir_all(&pool)?;
+    sh(&format!("mount -t tmpfs vfsdr-test '{}'", pool.display()))?;
+    let result = (|| {
+        let fs1 = vfs_item("fs1", "      - {name: data, size: 512MiB}\n", 0);
+        let body = format!(
+            "resources:\n  pool:\n    path: {}\n  mount_root: {}\nvfs:\n{fs1}",
+            pool.display(),
+            root.path().display()
+        );
+        let config = write_config_with_peers(&a, &certs, &[&b], &body)?;
+        let agent = Agent::start(&a, &config)?;
+        let states = volume_states(&agent)?;
+        let s = state_of(&states, "fs1/data")?;
+        let error = s["error"].as_str().unwrap_or("");
+        ensure!(
+            s["ready"] == false
+                && error.starts_with("VFS fs1 volume data: image: volume fs1/data: ")
+                && error.contains("is on tmpfs, not on a reflink-capable file system"),
+            "{s}"
+        );
+        ensure!(
+            !pool.join("volumes").exists(),
+            "something was created in the pool"
+        );
+        agent.stop()?;
+        Ok(())
+    })();
+    sh(&format!("umount '{}'", pool.display()))?;
+    result
 }

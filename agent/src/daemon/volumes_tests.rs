@@ -169,3 +169,20 @@ fn a_moved_mount_path_is_unmounted_at_the_old_one_and_mounted_at_the_new() {
         .collect();
     assert_eq!(targets, [Path::new("/srv/mnt/elsewhere")]);
 }
+
+#[test]
+fn the_vfs_list_shows_the_volumes_of_a_vfs_active_here() {
+    let mut agent = start(
+        config(&[("fs1", "fs1/data")]),
+        FakeDevices::default(),
+        FakeMounts::new(),
+    );
+    let Handled::Now(Response::Vfs { vfs }) = agent.handle(Request::ListVfs) else {
+        panic!("no list")
+    };
+    assert_eq!(vfs[0].volumes.len(), 1);
+    assert_eq!(
+        vfs[0].volumes[0].state,
+        "mounted at /srv/mnt/fs1/data via /dev/loop0"
+    );
+}

@@ -68,6 +68,47 @@ pub(super) fn inspect(volume: &str, image: &Path) -> Result<Option<ImageInfo>, V
     }))
 }
 
+/// `statfs` magic numbers of the file systems that can hold a pool.
+const XFS_MAGIC: i64 = 0x5846_5342;
+const BTRFS_MAGIC: i64 = 0x9123_683E;
+
+/// The name of a file system type that cannot hold a pool, by its `statfs` magic; `None` for XFS
+/// and btrfs.
+pub(super) fn not_reflink_capable(magic: i64) -> Option<String> {
+    match magic {
+        XFS_MAGIC | BTRFS_MAGIC => None,
+        0xEF53 => Some("ext2/3/4".into()),
+        0x0102_1994 => Some("tmpfs".into()),
+        0x794C_7630 => Some("overlayfs".into()),
+        other => Some(format!("a file system of type {other:#x}")),
+    }
+}
+
+/// Checks that the nearest existing directory above `image` is on XFS or btrfs: images are never
+/// created on the file system under an unmounted pool.
+pub(super) fn check_pool(volume: &str, image: &Path) -> Result<(), VolumeError> {
+    let Some(dir) = image.ancestors().skip(1).find(|d| d.is_dir()) else {
+        return Ok(());
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|e| io(volume, "statfs", dir)(std::io::Error::other(e)))?;
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io(volume, "statfs", dir)(std::io::Error::last_os_error()));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    match not_reflink_capable(st.f_type as i64) {
+        None => Ok(()),
+        Some(found) => Err(VolumeError::NotReflinkCapable {
+            volume: volume.to_owned(),
+            path: dir.to_owned(),
+            found,
+        }),
+    }
+}
+
 pub(super) fn create(volume: &str, image: &Path, size: u64) -> Result<(), VolumeError> {
     if let Some(dir) = image.parent() {
         fs::create_dir_all(dir).map_err(io(volume, "create directory", dir))?;
@@ -144,6 +185,14 @@ mod tests {
         assert_eq!(signature(read_from(&btrfs)).unwrap(), Some(FsType::Btrfs));
         // Short images hold no signature past their end.
         assert_eq!(signature(read_from(b"XF")).unwrap(), None);
+    }
+
+    #[test]
+    fn pools_are_on_xfs_or_btrfs_only() {
+        assert_eq!(not_reflink_capable(XFS_MAGIC), None);
+        assert_eq!(not_reflink_capable(BTRFS_MAGIC), None);
+        assert_eq!(not_reflink_capable(0xEF53).as_deref(), Some("ext2/3/4"));
+        assert_eq!(not_reflink_capable(0x0102_1994).as_deref(), Some("tmpfs"));
     }
 
     #[test]

@@ -200,6 +200,7 @@ impl BlockDevices for SystemDevices {
     }
 
     fn create_image(&mut self, volume: &str, image: &Path, size: u64) -> Result<(), VolumeError> {
+        image::check_pool(volume, image)?;
         image::create(volume, image, size)
     }
 

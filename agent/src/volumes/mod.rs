@@ -93,6 +93,15 @@ pub enum VolumeError {
         path: PathBuf,
         tries: u32,
     },
+    #[error(
+        "volume {volume}: {path} is on {found}, not on a reflink-capable file system (XFS, \
+         btrfs); is the pool mounted? No image is created there"
+    )]
+    NotReflinkCapable {
+        volume: String,
+        path: PathBuf,
+        found: String,
+    },
     #[error("volume {volume}: image {path} already exists")]
     Exists { volume: String, path: PathBuf },
     #[error("volume {volume}: {program} {path} failed ({status}): {stderr}")]
@@ -129,7 +138,8 @@ pub trait BlockDevices: Send {
         volume: &str,
         image: &Path,
     ) -> Result<Option<ImageInfo>, VolumeError>;
-    /// Creates a sparse image of `size` bytes (and its directory); an existing file is an error.
+    /// Creates a sparse image of `size` bytes (and its directory); an existing file is an error,
+    /// and so is a directory that is not on XFS or btrfs (a pool that is not mounted).
     fn create_image(&mut self, volume: &str, image: &Path, size: u64) -> Result<(), VolumeError>;
     /// Makes a file system on an image (XFS with reflink), which the caller checked is blank.
     fn format(&mut self, volume: &str, image: &Path, filesystem: FsType)
