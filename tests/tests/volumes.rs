@@ -236,6 +236,23 @@ fn the_agent_brings_up_its_volumes_and_a_restart_keeps_them() -> anyhow::Result<
     ensure!(agent.log_text().contains("volume_unmounted"));
     // fs2 is up now that its mount path is free.
     ensure!(state_of(&volume_states(&agent)?, "fs2/data")?["ready"] == true);
+    // Stopping the agent (SIGTERM) leaves the file server's volume mounted.
+    agent.stop()?;
+    ensure!(
+        mounted_at(&fs2_mount)?.is_some(),
+        "SIGTERM unmounted fs2/data"
+    );
+    // fs2 removed while the agent is down: the next start takes its volume down.
+    let text = std::fs::read_to_string(&config)?;
+    let head = &text[..text.find("resources:").context("resources")?];
+    std::fs::write(&config, format!("{head}{}", resources(&a, root.path(), "")))?;
+    let agent = Agent::start(&a, &config)?;
+    ensure!(mounted_at(&fs2_mount)?.is_none(), "{}", agent.log_text());
+    let fs2_image = a.pool().mount_point().join("volumes/fs2/data.img");
+    ensure!(fs2_image.is_file(), "the image was deleted");
+    wait_for("the loop device to go", Duration::from_secs(5), || {
+        Ok(loops_of(&fs2_image)?.is_empty())
+    })?;
     agent.stop()?;
     Ok(())
 }

@@ -118,6 +118,7 @@ impl Agent {
         };
         agent.record_local_definitions()?;
         // Before tracking: a volume created here is tracked from its first write.
+        agent.take_down_removed_volumes();
         agent.bring_up_volumes(&config);
         let volumes = agent.tracked_volumes(&config);
         let opened = agent.open_all(&volumes, &[])?;

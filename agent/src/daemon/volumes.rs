@@ -1,7 +1,8 @@
 //! The volumes of the VFSs active at this site: brought up (created, formatted, attached,
 //! mounted) when the agent starts and when its configuration is reloaded; taken down
-//! (unmounted, detached; images kept) when a VFS or volume leaves the configuration. Stopping
-//! the agent leaves them mounted: an agent restart or upgrade does not take the file server
+//! (unmounted, detached; images kept) when a VFS or volume leaves the configuration: at a
+//! reload, or at the next start for a VFS the store still records as active here. Stopping the
+//! agent leaves them mounted: an agent restart or upgrade does not take the file server
 //! offline, the next start finds them present.
 //!
 //! A volume that cannot be brought up is logged with its step and shown by `vfsdr status`;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::agent::Agent;
 use crate::{
     config::Config,
+    state::Role,
     volumes::lifecycle::{self, ActiveVolume, Stage},
 };
 
@@ -99,6 +101,30 @@ impl Agent {
                     self.volume_errors.insert(key, e.to_string());
                 }
             }
+        }
+    }
+
+    /// At start: the VFSs the store records as active here that the configuration no longer
+    /// defines (removed while the agent was down) have their volumes taken down.
+    pub(super) fn take_down_removed_volumes(&mut self) {
+        let stored = match self.store.definitions() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(site = %self.config.site.name, event = "volume_failed", error = %e,
+                    "cannot read the VFSs recorded here; volumes of removed VFSs stay as they are");
+                return;
+            }
+        };
+        let mut old = self.config.clone();
+        old.vfs = stored
+            .into_iter()
+            .filter(|s| s.role == Role::Active)
+            .filter(|s| !self.config.vfs.iter().any(|d| d.name == s.def.name))
+            .map(|s| s.def)
+            .collect();
+        if !old.vfs.is_empty() {
+            let current = self.config.clone();
+            self.take_down_volumes(&old, &current);
         }
     }
 

@@ -186,3 +186,49 @@ fn the_vfs_list_shows_the_volumes_of_a_vfs_active_here() {
         "mounted at /srv/mnt/fs1/data via /dev/loop0"
     );
 }
+
+#[test]
+fn a_vfs_removed_while_the_agent_was_down_is_taken_down_at_start() {
+    use crate::{config::FsType, state::Role, volumes::ImageInfo};
+    let image = "/pool/volumes/fs1/data.img";
+    let xfs = ImageInfo {
+        size: 2 << 30,
+        allocated: 1 << 20,
+        filesystem: Some(FsType::Xfs),
+    };
+    // As the last run left it: fs1 active here, its volume attached and mounted.
+    let devices = FakeDevices::default()
+        .with_image_holding(image, xfs)
+        .with_attached(image);
+    let mounts = FakeMounts::new().with_mount("/dev/loop0", "/srv/mnt/fs1/data", "xfs");
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let fs1 = test_vfs("fs1", "site-b", "fs1/data");
+    store
+        .put_definition(&fs1, Role::Active, 1, "site-a")
+        .unwrap();
+    let kernel = Kernel {
+        probes: Box::new(FakeProbes::default()),
+        devices: Box::new(devices),
+        links: Box::new(FakeLinks::default()),
+        mounts: Box::new(mounts),
+    };
+    // fs1 is no longer in the configuration.
+    let mut agent = Agent::start(
+        "/etc/vfsdr/vfsdr.yaml".as_ref(),
+        config(&[("fs2", "fs2/data")]),
+        kernel,
+        store,
+    )
+    .unwrap();
+    let targets: Vec<_> = agent
+        .mounts
+        .mounts()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.target)
+        .collect();
+    assert_eq!(targets, [Path::new("/srv/mnt/fs2/data")]);
+    assert!(agent.devices.loops_of(Path::new(image)).is_empty());
+    assert!(agent.devices.image_exists(Path::new(image)));
+}
