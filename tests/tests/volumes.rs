@@ -28,8 +28,7 @@ fn mounted_at(target: &Path) -> anyhow::Result<Option<String>> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     Ok(mounts
         .lines()
-        .filter(|l| l.split(' ').nth(1) == target.to_str())
-        .last()
+        .rfind(|l| l.split(' ').nth(1) == target.to_str())
         .map(str::to_owned))
 }
 
