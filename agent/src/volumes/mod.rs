@@ -6,8 +6,6 @@
 mod fake;
 mod image;
 pub mod lifecycle;
-#[cfg(test)]
-mod lifecycle_tests;
 mod loopdev;
 
 use std::{

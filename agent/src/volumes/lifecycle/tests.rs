@@ -1,13 +1,11 @@
 //! The volume life cycle against `FakeDevices` and `FakeMounts`.
 use std::path::{Path, PathBuf};
 
-use super::{
-    FakeDevices, ImageInfo,
-    lifecycle::{ActiveVolume, Refusal, Stage, bring_down, bring_up, describe, observe},
-};
+use super::{ActiveVolume, Refusal, Stage, bring_down, bring_up, describe, observe};
 use crate::{
     config::FsType,
     resources::{FakeMounts, mounts::Mounts},
+    volumes::{FakeDevices, ImageInfo},
 };
 
 const GIB: u64 = 1 << 30;
@@ -33,7 +31,7 @@ fn xfs(size: u64) -> ImageInfo {
     }
 }
 
-fn changed(steps: &[super::lifecycle::StepDone]) -> Vec<Stage> {
+fn changed(steps: &[super::StepDone]) -> Vec<Stage> {
     steps
         .iter()
         .filter(|s| s.changed)
@@ -131,7 +129,7 @@ fn a_blank_image_is_formatted_but_one_holding_data_is_refused() {
     assert_eq!(e.stage, Stage::FileSystem);
     assert!(matches!(
         *e.problem,
-        super::lifecycle::Problem::Refused(Refusal::DataWithoutFileSystem { .. })
+        super::Problem::Refused(Refusal::DataWithoutFileSystem { .. })
     ));
     assert_eq!(
         e.to_string(),

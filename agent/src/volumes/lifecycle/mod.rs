@@ -15,10 +15,18 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{BlockDevices, ImageInfo, VolumeError};
+mod down;
+mod errors;
+#[cfg(test)]
+mod tests;
+
+pub use down::{bring_down, describe};
+pub use errors::{LifecycleError, Problem, Refusal};
+
+use super::{BlockDevices, ImageInfo};
 use crate::{
     config::FsType,
-    resources::mounts::{MountEntry, MountError, Mounts},
+    resources::mounts::{MountEntry, Mounts},
 };
 
 /// A volume of a VFS active at this site, resolved at this site.
@@ -95,65 +103,6 @@ pub enum Action {
     Mount {
         device: Option<PathBuf>,
     },
-}
-
-/// Why a volume cannot be brought up as configured; nothing was changed.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    #[error(
-        "image {image} holds data ({allocated} bytes allocated) but no file system signature; \
-         it is not formatted over (restore it, or move it away to start empty)"
-    )]
-    DataWithoutFileSystem { image: PathBuf, allocated: u64 },
-    #[error(
-        "image {image} is {found} bytes, larger than the configured size {configured} bytes; \
-         shrinking would lose data (configure at least {found})"
-    )]
-    ImageLarger {
-        image: PathBuf,
-        found: u64,
-        configured: u64,
-    },
-    #[error("image {image} holds {found}, the configuration says {configured}")]
-    OtherFileSystem {
-        image: PathBuf,
-        found: &'static str,
-        configured: &'static str,
-    },
-    #[error("{target} is held by {holder} ({fstype}), not by the image {image}; nothing changed")]
-    MountPointHeld {
-        target: PathBuf,
-        holder: String,
-        fstype: String,
-        image: PathBuf,
-    },
-    #[error("image {image} is mounted at {elsewhere}, not at {target}; unmount it there first")]
-    MountedElsewhere {
-        image: PathBuf,
-        elsewhere: PathBuf,
-        target: PathBuf,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Problem {
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    #[error(transparent)]
-    Device(#[from] VolumeError),
-    #[error(transparent)]
-    Mount(#[from] MountError),
-}
-
-/// A volume's step that failed, or was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("VFS {vfs} volume {volume}: {stage}: {problem}")]
-pub struct LifecycleError {
-    pub vfs: String,
-    pub volume: String,
-    pub stage: Stage,
-    #[source]
-    pub problem: Box<Problem>,
 }
 
 /// One step as done (or found done).
@@ -394,73 +343,4 @@ pub fn bring_up(
         device: device.unwrap_or_default(),
         smaller_than_configured: smaller,
     })
-}
-
-/// Takes `v` down: unmounts it if its image is what is mounted at its mount path, and detaches
-/// the image's loop devices that nothing mounts. The image stays (it is data).
-pub fn bring_down(
-    v: &ActiveVolume,
-    devices: &mut dyn BlockDevices,
-    mounts: &mut dyn Mounts,
-) -> Result<Vec<StepDone>, LifecycleError> {
-    let seen = observe(v, devices, mounts)?;
-    let mut steps = Vec::new();
-    let step = |stage, changed, detail: String| StepDone {
-        stage,
-        changed,
-        detail,
-    };
-    if seen.mounted() {
-        mounts
-            .unmount(&v.mount)
-            .map_err(|e| fail(v, Stage::Mount, e))?;
-        steps.push(step(Stage::Mount, true, v.mount.display().to_string()));
-    } else if let Some(m) = &seen.at_target {
-        let detail = format!(
-            "{} from {} is not this volume's; left alone",
-            m.fstype, m.source
-        );
-        steps.push(step(Stage::Mount, false, detail));
-    }
-    let table = mounts.mounts().map_err(|e| fail(v, Stage::Mount, e))?;
-    for l in &seen.loops {
-        if let Some(m) = table.iter().find(|m| Path::new(&m.source) == l) {
-            let detail = format!("{} stays: mounted at {}", l.display(), m.target.display());
-            steps.push(step(Stage::Loop, false, detail));
-            continue;
-        }
-        devices
-            .detach(&v.name(), l)
-            .map_err(|e| fail(v, Stage::Loop, e))?;
-        steps.push(step(Stage::Loop, true, l.display().to_string()));
-    }
-    Ok(steps)
-}
-
-/// A volume's state in one line, for `vfsdr status`: `mounted at X via /dev/loopN`, or what is
-/// missing.
-pub fn describe(v: &ActiveVolume, seen: &Observed) -> (bool, String) {
-    if seen.mounted() {
-        let dev = seen.at_target.as_ref().map_or("", |m| m.source.as_str());
-        return (true, format!("mounted at {} via {dev}", v.mount.display()));
-    }
-    let mut missing = Vec::new();
-    match seen.image {
-        None => missing.push(format!("no image {}", v.image.display())),
-        Some(i) if i.filesystem.is_none() => missing.push("no file system".to_owned()),
-        Some(_) => {}
-    }
-    if seen.loops.is_empty() {
-        missing.push("not attached".to_owned());
-    }
-    match &seen.at_target {
-        Some(m) => missing.push(format!(
-            "{} is held by {} ({})",
-            v.mount.display(),
-            m.source,
-            m.fstype
-        )),
-        None => missing.push(format!("not mounted at {}", v.mount.display())),
-    }
-    (false, missing.join(", "))
 }
