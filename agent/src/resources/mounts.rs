@@ -81,6 +81,8 @@ pub struct FakeMounts {
     /// Free/total of every path.
     pub space: Option<Space>,
     pub loops: BTreeMap<String, PathBuf>,
+    /// Operations that fail (`mount_rw`).
+    pub failing: Vec<&'static str>,
 }
 
 impl FakeMounts {
@@ -166,6 +168,13 @@ impl Mounts for FakeMounts {
         Ok(device.into())
     }
     fn mount_rw(&mut self, device: &Path, target: &Path, fstype: &str) -> Result<(), MountError> {
+        if self.failing.contains(&"mount_rw") {
+            return Err(MountError::Io {
+                op: "mount",
+                path: target.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
         if !self.dirs.iter().any(|d| d == target) {
             return Err(not_found("mount", target));
         }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use super::{ActiveVolume, Refusal, Stage, bring_down, bring_up, describe, observe};
 use crate::{
     config::FsType,
-    resources::{FakeMounts, mounts::Mounts},
+    resources::FakeMounts,
     volumes::{FakeDevices, ImageInfo},
 };
 
@@ -241,72 +241,16 @@ fn a_failed_step_names_the_volume_and_the_step() {
 #[test]
 fn a_failed_mount_removes_the_directory_it_made() {
     let mut d = FakeDevices::default().with_image_holding(IMG, xfs(2 * GIB));
-    // The fake refuses to mount on a directory it does not know: make_dir then "fails" later.
-    let mut m = FailingMount(FakeMounts::new());
+    let mut m = FakeMounts::new();
+    m.failing.push("mount_rw");
     let e = bring_up(&vol(), &mut d, &mut m).unwrap_err();
     assert_eq!(e.stage, Stage::Mount);
-    assert!(m.0.dirs.is_empty() && m.0.mounts.is_empty());
-}
-
-/// FakeMounts whose read-write mounts fail.
-struct FailingMount(FakeMounts);
-
-impl Mounts for FailingMount {
-    fn mounts(
-        &mut self,
-    ) -> Result<Vec<crate::resources::mounts::MountEntry>, crate::resources::mounts::MountError>
-    {
-        self.0.mounts()
-    }
-    fn filesystems(&mut self) -> Result<Vec<String>, crate::resources::mounts::MountError> {
-        self.0.filesystems()
-    }
-    fn space(
-        &mut self,
-        path: &Path,
-    ) -> Result<crate::resources::mounts::Space, crate::resources::mounts::MountError> {
-        self.0.space(path)
-    }
-    fn file(
-        &mut self,
-        path: &Path,
-    ) -> Result<Option<crate::resources::mounts::FileSize>, crate::resources::mounts::MountError>
-    {
-        self.0.file(path)
-    }
-    fn make_dir(&mut self, dir: &Path) -> Result<bool, crate::resources::mounts::MountError> {
-        self.0.make_dir(dir)
-    }
-    fn remove_dir(&mut self, dir: &Path) -> Result<(), crate::resources::mounts::MountError> {
-        self.0.remove_dir(dir)
-    }
-    fn mount_image_ro(
-        &mut self,
-        image: &Path,
-        target: &Path,
-        fstype: &str,
-        options: &str,
-    ) -> Result<PathBuf, crate::resources::mounts::MountError> {
-        self.0.mount_image_ro(image, target, fstype, options)
-    }
-    fn mount_rw(
-        &mut self,
-        _device: &Path,
-        target: &Path,
-        _fstype: &str,
-    ) -> Result<(), crate::resources::mounts::MountError> {
-        Err(crate::resources::mounts::MountError::Io {
-            op: "mount",
-            path: target.to_owned(),
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
-        })
-    }
-    fn unmount(&mut self, target: &Path) -> Result<(), crate::resources::mounts::MountError> {
-        self.0.unmount(target)
-    }
-    fn loop_backing(&mut self, device: &str) -> Option<PathBuf> {
-        self.0.loop_backing(device)
-    }
+    assert!(
+        e.to_string()
+            .starts_with(&format!("VFS fs1 volume data: mount: mount {MNT}: ")),
+        "{e}"
+    );
+    assert!(m.dirs.is_empty() && m.mounts.is_empty());
 }
 
 #[test]
