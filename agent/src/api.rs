@@ -115,6 +115,9 @@ pub struct VfsInfo {
     pub from_site: String,
     pub reservations: Vec<Reservation>,
     pub shortages: Vec<serde_json::Value>,
+    /// For a VFS active here: its volumes, mounted or what is missing.
+    #[serde(default)]
+    pub volumes: Vec<crate::daemon::VfsVolumeStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,6 +144,9 @@ pub struct StatusReport {
     /// VFSs whose replication is paused (their DR pool is full).
     #[serde(default)]
     pub paused: Vec<Paused>,
+    /// The volumes of the VFSs active here: mounted, or what is missing.
+    #[serde(default)]
+    pub vfs_volumes: Vec<crate::daemon::VfsVolumeStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

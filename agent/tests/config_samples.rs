@@ -360,7 +360,7 @@ fn all_fields_fs1() -> VfsDef {
     VfsDef {
         name: "fs1".into(),
         volumes: vec![
-            volume("data", 2 << 30, FsType::Xfs, "/srv/shares/fs1/data"),
+            volume("data", 2 << 30, FsType::Xfs, "fs1/data"),
             volume("scratch", 512 << 20, FsType::Ext4, "/mnt/fs1-scratch"),
         ],
         interfaces: vec![

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{Daemon, Site};
+use crate::{Daemon, Site, guard::DirGuard};
 
 /// The `vfsdr` binary under test: `$VFSDR_BIN`, else the workspace's `target/debug/vfsdr`.
 pub fn vfsdr_bin() -> anyhow::Result<PathBuf> {
@@ -79,6 +79,45 @@ fn write(site: &Site, link: &str, body: &str) -> anyhow::Result<PathBuf> {
     );
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// The directory under which a site's agent mounts VFS volumes (`resources.mount_root`),
+/// `<site dir>/vfs`, created now. Agents leave their VFS volumes mounted when they stop (an
+/// agent restart does not take a file server offline), so on drop this unmounts whatever is
+/// still mounted below it, then removes it. Keep it until the site's agent stopped, and drop
+/// it before the site (declare it after the site): the volumes' images live in the site's pool.
+pub fn mount_root(site: &Site) -> anyhow::Result<MountRoot> {
+    Ok(MountRoot(DirGuard::create(&site.dir().join("vfs"), true)?))
+}
+
+/// See [`mount_root`].
+#[derive(Debug)]
+pub struct MountRoot(DirGuard);
+
+impl MountRoot {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for MountRoot {
+    /// The volumes the agent left mounted (as it does) are unmounted here, last mounted first,
+    /// before the directory guard removes the tree (which would warn about them).
+    fn drop(&mut self) {
+        for m in crate::sys::mounts_under(self.path()) {
+            crate::guard::unmount(&m);
+        }
+    }
+}
+
+/// A `resources:` section with the site's pool, `mount_root` and `extra` lines (such as
+/// `  links:` and its items) after them.
+pub fn resources(site: &Site, mount_root: &Path, extra: &str) -> String {
+    format!(
+        "resources:\n  pool:\n    path: {}\n  mount_root: {}\n{extra}",
+        site.pool().mount_point().display(),
+        mount_root.display()
+    )
 }
 
 /// Creates a CA and a certificate for each site name in `dir` with `vfsdr cert`.
@@ -224,6 +263,14 @@ impl Agent {
             ranges,
             incomplete: v["incomplete"].as_bool().unwrap_or(true),
         })
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up) and returns how it ended.
+    pub fn kill(mut self) -> anyhow::Result<ExitStatus> {
+        let daemon = self.daemon.take().context("agent already stopped")?;
+        // SAFETY: signals the process this harness started, by its pid.
+        unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
+        daemon.stop()
     }
 
     /// Stops the agent with SIGTERM and returns how it exited.

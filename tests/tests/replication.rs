@@ -1,13 +1,14 @@
-//! Root tests of block-level replication between two lab sites: the active site's agent clones
-//! its volumes in a group freeze and ships the changed blocks over the peer link; the DR site
-//! commits a snapshot whose file systems hold exactly what the active ones held.
+//! Root tests of block-level replication between two lab sites: the active site's agent creates
+//! and mounts its VFS's volumes, clones them in a group freeze and ships the changed blocks over
+//! the peer link; the DR site commits a snapshot whose file systems hold exactly what the active
+//! ones held, and its reserved mount point (under its own mount root) follows the latest one.
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use vfsdr_lab::{
-    Lab, Volume,
-    agent::{Agent, make_certs, write_config_with_peers},
+    Lab,
+    agent::{Agent, make_certs, mount_root, resources, write_config_with_peers},
     check::{sh, wait_for},
     require_root,
 };
@@ -57,36 +58,42 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     let certs = lab.dir().join("certs");
     std::fs::create_dir_all(&certs)?;
     make_certs(&certs, &["site-a", "site-b"])?;
-    let mount = lab.dir().join("vfs-mnt/fs1/data");
-    let image = a.pool().mount_point().join("volumes/fs1/data.img");
-    std::fs::create_dir_all(image.parent().context("dir")?)?;
-    std::fs::create_dir_all(mount.parent().context("dir")?)?;
-    let vol = Volume::create(&image, &mount, 512 * MIB)?;
+    // Each site mounts VFS volumes under its own mount root: the volume of fs1 (mount left
+    // out: `fs1/data`) at the active site, its reserved read-only mount at the DR site.
+    let (a_root, b_root) = (mount_root(&a)?, mount_root(&b)?);
+    let mount = a_root.path().join("fs1/data");
+    let dr_mount = b_root.path().join("fs1/data");
 
     let vfs = format!(
-        "resources:\n  pool:\n    path: {}\nvfs:\n  - name: fs1\n    volumes:\n      - {{name: data, size: 512MiB, mount: {}}}\n    \
+        "{}vfs:\n  - name: fs1\n    volumes:\n      - {{name: data, size: 512MiB}}\n    \
          interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    smb:\n      netbios_name: FS1\n    \
          replication:\n      peer: site-b\n      interval: 1h\n",
-        a.pool().mount_point().display(),
-        mount.display()
+        resources(&a, a_root.path(), "")
     );
     let a_config = write_config_with_peers(&a, &certs, &[&b], &vfs)?;
     let b_config = write_config_with_peers(
         &b,
         &certs,
         &[&a],
-        &format!(
-            "resources:\n  pool:\n    path: {}\n",
-            b.pool().mount_point().display()
+        &resources(
+            &b,
+            b_root.path(),
+            "  links:\n    - {name: eth0, networks: [lan]}\n",
         ),
     )?;
     let agent_b = Agent::start(&b, &b_config)?;
+    // The active site's agent creates, formats and mounts the volume itself.
     let agent_a = Agent::start(&a, &a_config)?;
+    ensure!(
+        agent_a.status()?["vfs_volumes"][0]["ready"] == true,
+        "{}",
+        agent_a.log_text()
+    );
     wait_for("the definition at site-b", Duration::from_secs(30), || {
         Ok(agent_b.cli(["vfs"])?.contains("fs1"))
     })?;
 
-    let m = vol.mount_point().display().to_string();
+    let m = mount.display().to_string();
     sh(&format!(
         "mkdir -p '{m}/dir'; dd if=/dev/urandom of='{m}/big' bs=1M count=20 status=none; \
          for i in $(seq 1 200); do echo file $i > '{m}/dir/f'$i; done; sync"
@@ -105,8 +112,11 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     };
     let check_at = lab.dir().join("check");
     with_snapshot(&snap(&r1["snapshot"]), &check_at, |at| {
-        same_tree(vol.mount_point(), at)
+        same_tree(&mount, at)
     })?;
+    // The DR site reserves its resources: its mount point holds the latest snapshot.
+    agent_a.cli(["reserve", "fs1"])?;
+    same_tree(&mount, &dr_mount)?;
 
     // Changes: overwrite in place, new files, a delete; only they travel.
     sh(&format!(
@@ -141,8 +151,15 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         "an incremental cycle shipped too much: {r2}"
     );
     with_snapshot(&snap(&r2["snapshot"]), &check_at, |at| {
-        same_tree(vol.mount_point(), at)
+        same_tree(&mount, at)
     })?;
+    // After the cycle the DR reserved mount switched to the new snapshot: the new file is there.
+    wait_for(
+        "the DR mount to show the second snapshot",
+        Duration::from_secs(10),
+        || Ok(dr_mount.join("dir/new").exists() && !dr_mount.join("dir/f7").exists()),
+    )?;
+    same_tree(&mount, &dr_mount)?;
     // The first snapshot still holds the first state; `vfsdr snapshot mount` shows it.
     let id = r1["snapshot"].to_string();
     let browse = lab.dir().join("browse");

@@ -1,5 +1,7 @@
 //! Root tests of the DR precheck and reservation between real sites in the lab: each site its
-//! own namespace, agent, pool and config, joined by the lab bridge, talking over the peer link.
+//! own namespace, agent, pool, mount root and config, joined by the lab bridge, talking over
+//! the peer link. VFS mounts are relative: each active site mounts its volumes under its own
+//! mount root, the DR site its reserved mounts under its own.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -10,39 +12,38 @@ use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use vfsdr_lab::{
     Lab, Site,
-    agent::{Agent, make_certs, write_config_with_peers},
+    agent::{Agent, MountRoot, make_certs, mount_root, resources, write_config_with_peers},
     check::{sh, wait_for},
     require_root, service_address,
 };
 
 const MIB: u64 = 1 << 20;
 
-fn vfs_yaml(name: &str, dr: &str, mount: &Path, address_host: u8) -> String {
+/// A VFS item mounting its volume `data` at `mount` (relative: under each site's mount root).
+fn vfs_yaml(name: &str, dr: &str, mount: &str, address_host: u8) -> String {
     format!(
         "  - name: {name}\n    volumes:\n      - name: data\n        size: 512MiB\n        mount: {}\n    \
          interfaces:\n      - name: smb0\n        address: {}/24\n        network: lan\n    \
          smb:\n      netbios_name: {}\n      shares:\n        - {{name: data, volume: data}}\n    \
          replication:\n      peer: {dr}\n      interval: 60s\n",
-        mount.display(),
+        mount,
         service_address(address_host),
         name.to_uppercase()
     )
 }
 
 /// The DR site's resources section.
-fn dr_resources(site: &Site, links: &str, reserve: &str) -> String {
+fn dr_resources(site: &Site, root: &MountRoot, links: &str, reserve: &str) -> String {
     format!(
-        "resources:\n  links:\n{links}  pool:\n    path: {}\n    reserve: {reserve}\n",
-        site.pool().mount_point().display()
+        "resources:\n  links:\n{links}  pool:\n    path: {}\n    reserve: {reserve}\n  mount_root: {}\n",
+        site.pool().mount_point().display(),
+        root.path().display()
     )
 }
 
-/// An active site's sections: its pool, and its VFSs.
-fn active_body(site: &Site, vfs: &str) -> String {
-    format!(
-        "resources:\n  pool:\n    path: {}\nvfs:\n{vfs}",
-        site.pool().mount_point().display()
-    )
+/// An active site's sections: its pool and mount root, and its VFSs.
+fn active_body(site: &Site, root: &MountRoot, vfs: &str) -> String {
+    format!("{}vfs:\n{vfs}", resources(site, root.path(), ""))
 }
 
 const ETH0_LAN: &str = "    - {name: eth0, networks: [lan]}\n";
@@ -133,7 +134,10 @@ struct TwoSites {
     a: Agent,
     b: Agent,
     b_config: PathBuf,
+    /// fs1's reserved mount point at the DR site.
     mount: PathBuf,
+    b_root: MountRoot,
+    _a_root: MountRoot,
     site_b: Site,
     _site_a: Site,
     _lab: Lab,
@@ -148,14 +152,16 @@ fn two_sites(test: &str) -> anyhow::Result<TwoSites> {
     let certs = lab.dir().join("certs");
     std::fs::create_dir_all(&certs)?;
     make_certs(&certs, &["site-a", "site-b"])?;
-    let mount = lab.dir().join("vfs-mnt/fs1/data");
+    let (a_root, b_root) = (mount_root(&a)?, mount_root(&b)?);
+    let mount = b_root.path().join("fs1/data");
     make_replica(&b, "fs1")?;
-    let b_config = write_config_with_peers(&b, &certs, &[&a], &dr_resources(&b, ETH0_LAN, "0"))?;
+    let b_config =
+        write_config_with_peers(&b, &certs, &[&a], &dr_resources(&b, &b_root, ETH0_LAN, "0"))?;
     let a_config = write_config_with_peers(
         &a,
         &certs,
         &[&b],
-        &active_body(&a, &vfs_yaml("fs1", "site-b", &mount, 0)),
+        &active_body(&a, &a_root, &vfs_yaml("fs1", "site-b", "fs1/data", 0)),
     )?;
     let agent_b = Agent::start(&b, &b_config)?;
     let agent_a = Agent::start(&a, &a_config)?;
@@ -165,6 +171,8 @@ fn two_sites(test: &str) -> anyhow::Result<TwoSites> {
         b: agent_b,
         b_config,
         mount,
+        b_root,
+        _a_root: a_root,
         site_b: b,
         _site_a: a,
         _lab: lab,
@@ -194,7 +202,7 @@ fn a_sufficient_dr_site_reserves_reconciles_and_releases() -> anyhow::Result<()>
 
     // A proposed change adding an interface on a network the DR site does not carry.
     let change = t.b_config.with_file_name("fs1-change.yaml");
-    let proposed = vfs_yaml("fs1", "site-b", &t.mount, 0)
+    let proposed = vfs_yaml("fs1", "site-b", "fs1/data", 0)
         .replace("        network: lan\n", "        network: lan\n      - name: smb1\n        address: 198.18.1.100/24\n        network: backup\n");
     // The file holds one definition, as an item of `vfs:` without the list dash.
     let proposed: String = proposed
@@ -292,7 +300,8 @@ fn each_shortage_yields_exactly_its_discrepancy() -> anyhow::Result<()> {
         Ok(r)
     };
     let base = std::fs::read_to_string(&t.b_config)?;
-    let with = |resources: String| base.replace(&dr_resources(b, ETH0_LAN, "0"), &resources);
+    let root = &t.b_root;
+    let with = |resources: String| base.replace(&dr_resources(b, root, ETH0_LAN, "0"), &resources);
 
     // The link the site names for the network does not exist.
     reload(
@@ -300,6 +309,7 @@ fn each_shortage_yields_exactly_its_discrepancy() -> anyhow::Result<()> {
         &t.b_config,
         &with(dr_resources(
             b,
+            root,
             "    - {name: eth7, networks: [lan]}\n",
             "0",
         )),
@@ -322,6 +332,7 @@ fn each_shortage_yields_exactly_its_discrepancy() -> anyhow::Result<()> {
         &t.b_config,
         &with(dr_resources(
             b,
+            root,
             "    - {name: eth1, networks: [lan]}\n",
             "0",
         )),
@@ -342,7 +353,7 @@ fn each_shortage_yields_exactly_its_discrepancy() -> anyhow::Result<()> {
     reload(
         &t.b,
         &t.b_config,
-        &with(dr_resources(b, ETH0_LAN, "100TiB")),
+        &with(dr_resources(b, root, ETH0_LAN, "100TiB")),
     )?;
     let r = precheck("pool_too_small")?;
     ensure!(r["discrepancies"][0]["blocks_access"] == false, "{r}");
@@ -369,6 +380,7 @@ fn each_shortage_yields_exactly_its_discrepancy() -> anyhow::Result<()> {
         &t.b_config,
         &with(dr_resources(
             b,
+            root,
             "    - {name: eth7, networks: [lan]}\n",
             "0",
         )),
@@ -412,22 +424,28 @@ fn a_second_vfs_is_refused_what_the_first_holds() -> anyhow::Result<()> {
     let certs = lab.dir().join("certs");
     std::fs::create_dir_all(&certs)?;
     make_certs(&certs, &["site-a", "site-b", "site-c"])?;
-    let mount = lab.dir().join("vfs-mnt/shared/data");
+    // Both VFSs mount their volume at `shared/data`: at their active sites under different
+    // mount roots, at their common DR site at the same path.
+    let (a_root, b_root, c_root) = (mount_root(&a)?, mount_root(&b)?, mount_root(&c)?);
     make_replica(&b, "fs1")?;
     make_replica(&b, "fs2")?;
-    let b_config =
-        write_config_with_peers(&b, &certs, &[&a, &c], &dr_resources(&b, ETH0_LAN, "0"))?;
+    let b_config = write_config_with_peers(
+        &b,
+        &certs,
+        &[&a, &c],
+        &dr_resources(&b, &b_root, ETH0_LAN, "0"),
+    )?;
     let a_config = write_config_with_peers(
         &a,
         &certs,
         &[&b],
-        &active_body(&a, &vfs_yaml("fs1", "site-b", &mount, 0)),
+        &active_body(&a, &a_root, &vfs_yaml("fs1", "site-b", "shared/data", 0)),
     )?;
     let c_config = write_config_with_peers(
         &c,
         &certs,
         &[&b],
-        &active_body(&c, &vfs_yaml("fs2", "site-b", &mount, 1)),
+        &active_body(&c, &c_root, &vfs_yaml("fs2", "site-b", "shared/data", 1)),
     )?;
     let agent_b = Agent::start(&b, &b_config)?;
     let agent_a = Agent::start(&a, &a_config)?;

@@ -1,10 +1,11 @@
 //! `cargo xtask demo`: the main job, end to end, in the lab.
 //!
 //! Sets up what is missing, builds vfsdr, builds a lab of two sites (network namespaces on the lab
-//! LAN, each with an XFS pool; site-a has a volume image formatted and mounted, site-b a replica
-//! of it), starts an agent in each site's network namespace with a peer link between them,
-//! starts a writer on site-a's volume and shows `vfsdr status` live; then asks for the DR
-//! precheck of VFS fs1, reserves its resources at site-b, shows them, and releases them.
+//! LAN, each with an XFS pool and a mount root; site-b has a replica of fs1's volume), starts an
+//! agent in each site's network namespace with a peer link between them (site-a's agent creates,
+//! formats and mounts fs1's volume), starts a writer on that volume and shows `vfsdr status`
+//! live; then asks for the DR precheck of VFS fs1, reserves its resources at site-b, shows them,
+//! and releases them.
 //! Everything is torn down at the end (also on Ctrl-C or failure).
 use std::{
     process::{Command, Stdio},
@@ -14,8 +15,8 @@ use std::{
 
 use anyhow::Context as _;
 use vfsdr_lab::{
-    GIB, Lab,
-    agent::{Agent, make_certs, write_config_with_peers},
+    Lab,
+    agent::{Agent, make_certs, mount_root, resources, write_config_with_peers},
     require_root,
 };
 
@@ -44,8 +45,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let certs = lab.dir().join("certs");
     std::fs::create_dir_all(&certs)?;
     make_certs(&certs, &["site-a", "site-b"])?;
-    let vol = site.pool().create_volume("data", GIB)?;
-    let mount = lab.dir().join("vfs-mnt/fs1/data");
+    // VFS volumes are mounted under each site's mount root (fs1's mount is `fs1/data`).
+    let (root, dr_root) = (mount_root(&site)?, mount_root(&dr)?);
+    let mount = root.path().join("fs1/data");
     let replica = dr.pool().mount_point().join("replicas/fs1/data.img");
     std::fs::create_dir_all(replica.parent().context("replica dir")?)?;
     util::run(Command::new("truncate").args(["-s", "1G"]).arg(&replica))?;
@@ -55,21 +57,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &certs,
         &[&dr],
         &format!(
-            "volumes:\n  - name: data\n    image: {}\nresources:\n  pool:\n    path: {}\nvfs:\n  - name: fs1\n    \
-             volumes:\n      - {{name: data, size: 1GiB, mount: {}}}\n    interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    \
+            "{}vfs:\n  - name: fs1\n    \
+             volumes:\n      - {{name: data, size: 1GiB}}\n    interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    \
              smb:\n      netbios_name: FS1\n      shares:\n        - {{name: data, volume: data}}\n    replication:\n      peer: site-b\n      interval: 60s\n",
-            vol.image().display(),
-            site.pool().mount_point().display(),
-            mount.display()
+            resources(&site, root.path(), ""),
         ),
     )?;
     let dr_config = write_config_with_peers(
         &dr,
         &certs,
         &[&site],
-        &format!(
-            "resources:\n  links:\n    - {{name: eth0, networks: [lan]}}\n  pool:\n    path: {}\n",
-            dr.pool().mount_point().display()
+        &resources(
+            &dr,
+            dr_root.path(),
+            "  links:\n    - {name: eth0, networks: [lan]}\n",
         ),
     )?;
     eprintln!(
@@ -78,10 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         site.address()
     );
     eprintln!(
-        "   volume image {} on {}, mounted at {}",
-        vol.image().display(),
-        vol.loop_device().display(),
-        vol.mount_point().display()
+        "   fs1's volume: image {} (made by the agent), mounted at {}",
+        site.pool()
+            .mount_point()
+            .join("volumes/fs1/data.img")
+            .display(),
+        mount.display()
     );
     eprintln!(
         "   site-b namespace {}, address {}, replica {}",
@@ -101,10 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let dr_agent = Agent::start(&dr, &dr_config)?;
     let agent = Agent::start(&site, &config)?;
-    agent.changed("data", true)?;
+    agent.changed("fs1/data", true)?;
 
     eprintln!("== writer: files of 64 KiB to 4 MiB, rewrites and deletes on the volume");
-    let m = vol.mount_point().display().to_string();
+    let m = mount.display().to_string();
     let script = format!(
         "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); \
          dd if=/dev/urandom of={m}/file$((i % 50)) bs=64k count=$((i % 64 + 1)) status=none; \
@@ -130,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     unsafe { libc::kill(writer.id() as i32, libc::SIGTERM) };
     let _ = writer.wait();
 
-    let taken = agent.changed("data", true)?;
+    let taken = agent.changed("fs1/data", true)?;
     println!(
         "\nchanged since the demo started: {} blocks of 4 KiB in {} extents (mark taken and reset)",
         taken.blocks(),

@@ -125,6 +125,21 @@ pub fn status(r: &StatusReport) -> String {
             p.since_unix_s
         );
     }
+    if !r.vfs_volumes.is_empty() {
+        let _ = writeln!(o, "\n{:<24} {:<6} STATE", "VFS VOLUME", "READY");
+        for v in &r.vfs_volumes {
+            let _ = writeln!(
+                o,
+                "{:<24} {:<6} {}{}",
+                format!("{}/{}", v.vfs, v.volume),
+                if v.ready { "yes" } else { "no" },
+                v.state,
+                v.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("\n{:31}last error: {e}", ""))
+            );
+        }
+    }
     let p = &r.tracking.probes;
     let _ = writeln!(
         o,

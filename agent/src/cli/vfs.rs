@@ -350,6 +350,12 @@ pub fn list(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
                         format!(" ({} shortages)", v.shortages.len())
                     }
                 );
+                for vol in &v.volumes {
+                    println!("  volume {}: {}", vol.volume, vol.state);
+                    if let Some(e) = &vol.error {
+                        println!("    last error: {e}");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

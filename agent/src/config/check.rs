@@ -105,13 +105,22 @@ impl VfsDef {
             let size = units::volume_size(volume.size_bytes, volume.filesystem);
             problems.rule(&format!("{at}.size_bytes"), size);
             let field = format!("{at}.mount");
-            match values::mount_path(&volume.mount) {
+            let written = volume
+                .mount
+                .to_str()
+                .ok_or_else(|| format!("mount path `{}` is not UTF-8", volume.mount.display()));
+            // Relative mounts are compared with each other, absolute ones likewise: where a
+            // relative one lands depends on the site's mount root.
+            match written.and_then(values::volume_mount) {
                 Err(message) => problems.push(&field, message),
                 Ok(()) => {
-                    let conflict = mounts.iter().find_map(|(other, other_at)| {
-                        let other_name = format!("the mount of {other_at}");
-                        values::mount_conflict("mount path", &volume.mount, &other_name, other)
-                    });
+                    let conflict = mounts
+                        .iter()
+                        .filter(|(other, _)| other.is_absolute() == volume.mount.is_absolute())
+                        .find_map(|(other, other_at)| {
+                            let other_name = format!("the mount of {other_at}");
+                            values::mount_conflict("mount path", &volume.mount, &other_name, other)
+                        });
                     if let Some(message) = conflict {
                         problems.push(&field, message);
                     }

@@ -1,6 +1,6 @@
 //! The VFS definitions: items of `vfs:`, or the whole file for [`super::parse_vfs_file`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::Problem;
 use super::decode::{Decoder, Fields};
@@ -36,7 +36,8 @@ pub(super) struct VfsContext {
     /// The peers a VFS may replicate to; `None`: not checked (a VFS file, or a peer with a
     /// problem).
     pub peers: Option<Vec<String>>,
-    /// Default mounts are `<mount_root>/<vfs>/<volume>`; empty when it has a problem.
+    /// Relative mounts (and the default `<vfs>/<volume>`) are checked resolved under it; empty
+    /// when it has a problem.
     mount_root: PathBuf,
     /// Directories of the agent no mount may be, be inside of, or contain: (field, path).
     reserved: Vec<(&'static str, PathBuf)>,
@@ -208,8 +209,9 @@ impl Decoder {
         })
     }
 
-    /// The volume's mount path, given or by default, which must not meet another mount or a
-    /// directory of the agent.
+    /// The volume's mount path as written (relative to the site's mount root unless absolute),
+    /// or `<vfs>/<volume>` by default. Resolved under the mount root, it must not meet another
+    /// mount or a directory of the agent.
     fn mount(
         &mut self,
         fields: &Fields,
@@ -220,31 +222,32 @@ impl Decoder {
         let field = fields.path("mount");
         let (path, pos, what) = match fields.optional("mount") {
             Some(node) => (
-                self.check(node, &field, scalars::mount_path)?,
+                self.check(node, &field, scalars::volume_mount)?,
                 node.pos,
                 "mount path",
             ),
-            None if context.mount_root.as_os_str().is_empty() => return None,
             None => {
-                let path = context.mount_root.join(vfs_name?).join(name?);
+                let path = Path::new(vfs_name?).join(name?);
                 (path, fields.pos, "default mount path")
             }
         };
-        let reserved = context
-            .reserved
-            .iter()
-            .find_map(|(other_name, other)| values::mount_conflict(what, &path, other_name, other));
+        // Without a usable mount root, a relative path cannot be compared with anything.
+        if path.is_relative() && context.mount_root.as_os_str().is_empty() {
+            return Some(path);
+        }
+        let resolved = context.mount_root.join(&path);
+        let reserved = context.reserved.iter().find_map(|(other_name, other)| {
+            values::mount_conflict(what, &resolved, other_name, other)
+        });
         let mounted = context.mounts.iter().find_map(|(other, volume, at)| {
             let other_name = format!("the mount of {volume}");
-            let message = values::mount_conflict(what, &path, &other_name, other)?;
+            let message = values::mount_conflict(what, &resolved, &other_name, other)?;
             Some(format!("{message} on line {}", at.line))
         });
         if let Some(message) = reserved.or(mounted) {
             self.push(pos, field, message);
         }
-        context
-            .mounts
-            .push((path.clone(), fields.path.clone(), pos));
+        context.mounts.push((resolved, fields.path.clone(), pos));
         Some(path)
     }
 

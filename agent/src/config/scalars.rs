@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::units;
 use super::values;
@@ -61,6 +61,14 @@ pub(super) fn mount_path(node: &Node) -> Result<PathBuf, String> {
     let path = absolute_path(node)?;
     values::mount_path(&path)?;
     Ok(path.components().collect())
+}
+
+/// A VFS volume's mount path: absolute, or relative to the site's `resources.mount_root`
+/// (see [`values::volume_mount`]); a trailing `/` is dropped.
+pub(super) fn volume_mount(node: &Node) -> Result<PathBuf, String> {
+    let path = text(node, "a mount path")?;
+    values::volume_mount(path)?;
+    Ok(Path::new(path).components().collect())
 }
 
 /// An integer within `range`.

@@ -203,6 +203,39 @@ pub(super) fn mount_path(path: &Path) -> Result<(), String> {
     }
 }
 
+/// A VFS volume's mount path as written: absolute (the same path at every site; not `/`), or
+/// relative (under each site's `resources.mount_root`); no `.`, `..` or empty component. One
+/// trailing `/` is allowed.
+pub(super) fn volume_mount(path: &str) -> Result<(), String> {
+    let body = path.strip_suffix('/').unwrap_or(path);
+    if body.is_empty() {
+        return Err(if path.is_empty() {
+            "expected a mount path (relative to `resources.mount_root`, or absolute), found an \
+             empty string"
+                .into()
+        } else {
+            "cannot mount a volume on `/`, expected a directory below it".into()
+        });
+    }
+    let relative = body.strip_prefix('/').unwrap_or(body);
+    let kind = if body.starts_with('/') {
+        "absolute"
+    } else {
+        "relative"
+    };
+    if relative.split('/').any(|c| c == "." || c == "..") {
+        Err(format!(
+            "mount path `{path}` has a `.` or `..` component, expected a plain {kind} path"
+        ))
+    } else if relative.split('/').any(str::is_empty) {
+        Err(format!(
+            "mount path `{path}` has an empty component (`//`), expected a plain {kind} path"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// How mount path `path` conflicts with `other` (a mount or a directory of the agent), if it does.
 fn path_conflict(path: &Path, other: &Path) -> Option<&'static str> {
     if path == other {

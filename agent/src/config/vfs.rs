@@ -2,7 +2,10 @@
 //! it to its DR site over the peer link, which keeps it in its state store; so it serializes
 //! (serde, JSON on the wire and in SQLite) and `VfsDef::validate` checks a received one as
 //! strictly as the configuration decoder checks a local one.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,10 +33,23 @@ pub struct VfsVolume {
     /// blocks; at least 300 MiB for XFS, 128 MiB for btrfs, 16 MiB for ext4.
     pub size_bytes: u64,
     pub filesystem: FsType,
-    /// Absolute mount path, the same at every site (default `<mount_root>/<vfs>/<volume>`): not
-    /// `/`, no `.` or `..`; at a site, not the same as, inside or containing another VFS volume's
-    /// mount, `state_dir`, `runtime_dir` or the pool.
+    /// Where the volume is mounted, as written: a relative path is under each site's
+    /// `resources.mount_root` (default `<vfs>/<volume>`), an absolute one is the same path at
+    /// every site (not `/`). No `.`, `..` or empty component. Resolved at a site
+    /// ([`VfsVolume::mount_at`]), it is not the same as, inside or containing another VFS
+    /// volume's mount, `state_dir`, `runtime_dir` or the pool.
     pub mount: PathBuf,
+}
+
+impl VfsVolume {
+    /// The mount path at a site whose `resources.mount_root` is `mount_root`.
+    pub fn mount_at(&self, mount_root: &Path) -> PathBuf {
+        if self.mount.is_absolute() {
+            self.mount.clone()
+        } else {
+            mount_root.join(&self.mount)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

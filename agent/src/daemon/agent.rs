@@ -33,11 +33,13 @@ pub struct Agent {
     config_path: PathBuf,
     pub(super) tracker: Tracker,
     probes: Box<dyn Probes>,
-    devices: Box<dyn BlockDevices>,
+    pub(super) devices: Box<dyn BlockDevices>,
     pub(super) links: Box<dyn Links>,
     pub(super) mounts: Box<dyn Mounts>,
     pub(super) store: Store,
     opened: Vec<Opened>,
+    /// Why bringing a VFS volume up failed, by `vfs/volume`, until it succeeds.
+    pub(super) volume_errors: std::collections::BTreeMap<String, String>,
     started: Instant,
 }
 
@@ -91,6 +93,8 @@ fn source_path(s: &VolumeSource) -> &Path {
 impl Agent {
     /// Opens every configured volume and starts watching it. Any volume that cannot be opened
     /// stops the start: the agent refuses to run with part of its configuration.
+    /// First brings up the volumes of the VFSs defined here (a VFS volume that cannot be
+    /// brought up is reported, and the agent runs).
     /// Also records the VFSs defined here as active in the store, and brings the kernel in
     /// line with the reservations the store holds.
     pub fn start(
@@ -109,9 +113,13 @@ impl Agent {
             mounts: kernel.mounts,
             store,
             opened: Vec::new(),
+            volume_errors: Default::default(),
             started: Instant::now(),
         };
         agent.record_local_definitions()?;
+        // Before tracking: a volume created here is tracked from its first write.
+        agent.take_down_removed_volumes();
+        agent.bring_up_volumes(&config);
         let volumes = agent.tracked_volumes(&config);
         let opened = agent.open_all(&volumes, &[])?;
         agent.watch_all(opened)?;
@@ -244,6 +252,11 @@ impl Agent {
     /// released, new ones are opened and watched. New volumes are all opened before anything is
     /// released, so a volume that cannot be opened leaves the running state untouched.
     pub fn apply(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
+        // VFS volumes: those that left the configuration go down first (their mount path may
+        // be another's now), then every configured one is brought up.
+        let old = self.config.clone();
+        self.take_down_volumes(&old, &new);
+        self.bring_up_volumes(&new);
         let wanted = self.tracked_volumes(&new);
         let stays = |o: &Opened| {
             wanted
@@ -323,7 +336,11 @@ impl Agent {
             };
         }
         let result = match request {
-            Request::Status => Ok(Response::Status(self.status())),
+            Request::Status => {
+                let mut report = self.status();
+                report.vfs_volumes = self.vfs_volume_states();
+                Ok(Response::Status(report))
+            }
             Request::Changed {
                 volume,
                 take: false,
@@ -365,6 +382,7 @@ impl Agent {
             peers: Default::default(),
             replication: Vec::new(),
             paused: Vec::new(),
+            vfs_volumes: Vec::new(),
         }
     }
 }

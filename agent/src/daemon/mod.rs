@@ -9,6 +9,7 @@ mod replicate;
 mod tests;
 mod verify;
 mod vfs;
+mod volumes;
 
 use std::{
     io,
@@ -28,6 +29,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
+pub use volumes::{VfsVolumeStatus, active_volumes};
 
 use std::{
     collections::HashMap,
@@ -457,6 +459,7 @@ impl Cycles {
         let job = replicate::CycleJob {
             def,
             pool,
+            mount_root: agent.config().resources.mount_root.clone(),
             state_dir: agent.config().state_dir.clone(),
             ctx: link.ctx.clone(),
         };

@@ -112,6 +112,8 @@ pub fn accept(
 pub struct CycleJob {
     pub def: VfsDef,
     pub pool: PathBuf,
+    /// This site's `resources.mount_root`, under which relative mounts are.
+    pub mount_root: PathBuf,
     pub state_dir: PathBuf,
     pub ctx: Arc<PeerContext>,
 }
@@ -182,7 +184,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
         .map(|v| SourceVolume {
             name: v.name.clone(),
             image: volume_image(&job.pool, &vfs, &v.name),
-            mount: v.mount.clone(),
+            mount: v.mount_at(&job.mount_root),
         })
         .collect();
     for v in &volumes {

@@ -258,7 +258,7 @@ mod vfs {
     fn bad_definitions_are_refused_and_change_nothing() {
         let (mut agent, _) = start(&[]).unwrap();
         let mut bad = test_vfs("fs1", "site-a", MNT);
-        bad.volumes[0].mount = "relative/path".into();
+        bad.volumes[0].mount = "../escape".into();
         let Message::Error { message } =
             agent.handle_peer("site-x", Message::PushDefinition { vfs: bad, epoch: 1 })
         else {
@@ -368,15 +368,17 @@ mod at_risk {
             test_vfs("fs1", "site-b", "/m1"),
             test_vfs("fs2", "site-b", "/m2"),
         ];
-        // fs1's image exists; fs2's was not created yet.
+        // fs1's image exists; fs2's is created by the agent as it starts.
         let devices = devices().with_image("/pool/volumes/fs1/data.img");
         let (mut agent, probes) = start_with(cfg, devices).unwrap();
         let Response::Status(s) = now(agent.handle(Request::Status)) else {
             panic!()
         };
         let names: Vec<&str> = s.volumes.iter().map(|v| v.name.as_str()).collect();
-        assert_eq!(names, ["fs1/data"]);
-        let dev = *probes.state.lock().unwrap().watched.keys().next().unwrap();
+        assert_eq!(names, ["fs1/data", "fs2/data"]);
+        // fs1's image was attached first: the fake's first loop device.
+        assert_eq!(s.volumes[0].device, PathBuf::from("/dev/loop0"));
+        let dev = DevId::new(7, 0);
         probes.write(dev, EXTENT_WRITE, 0, 16);
         assert_eq!(agent.take_vfs_marks("fs1"), 2 * 4096);
         assert_eq!(agent.take_vfs_marks("fs1"), 0, "a new mark starts");

@@ -373,11 +373,17 @@ impl Agent {
         }
     }
 
-    fn list_vfs(&self) -> Response {
+    fn list_vfs(&mut self) -> Response {
+        let volumes = self.vfs_volume_states();
         let list = (|| {
             let mut out = Vec::new();
             for s in self.store.definitions()? {
                 out.push(VfsInfo {
+                    volumes: volumes
+                        .iter()
+                        .filter(|v| v.vfs == s.def.name)
+                        .cloned()
+                        .collect(),
                     reservations: self.store.reservations(&s.def.name)?,
                     shortages: self.store.shortages(&s.def.name)?,
                     name: s.def.name.clone(),

@@ -64,6 +64,8 @@ pub trait Mounts: Send {
         fstype: &str,
         options: &str,
     ) -> Result<PathBuf, MountError>;
+    /// Mounts the block device `device` read-write at `target` (nosuid, nodev).
+    fn mount_rw(&mut self, device: &Path, target: &Path, fstype: &str) -> Result<(), MountError>;
     fn unmount(&mut self, target: &Path) -> Result<(), MountError>;
     /// The backing file of a loop device, if it is one.
     fn loop_backing(&mut self, device: &str) -> Option<PathBuf>;
@@ -79,6 +81,8 @@ pub struct FakeMounts {
     /// Free/total of every path.
     pub space: Option<Space>,
     pub loops: BTreeMap<String, PathBuf>,
+    /// Operations that fail (`mount_rw`).
+    pub failing: Vec<&'static str>,
 }
 
 impl FakeMounts {
@@ -162,6 +166,25 @@ impl Mounts for FakeMounts {
             options: format!("ro,{options}"),
         });
         Ok(device.into())
+    }
+    fn mount_rw(&mut self, device: &Path, target: &Path, fstype: &str) -> Result<(), MountError> {
+        if self.failing.contains(&"mount_rw") {
+            return Err(MountError::Io {
+                op: "mount",
+                path: target.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+        if !self.dirs.iter().any(|d| d == target) {
+            return Err(not_found("mount", target));
+        }
+        self.mounts.push(MountEntry {
+            source: device.display().to_string(),
+            target: target.to_owned(),
+            fstype: fstype.into(),
+            options: "rw,nosuid,nodev".into(),
+        });
+        Ok(())
     }
     fn unmount(&mut self, target: &Path) -> Result<(), MountError> {
         let i = self

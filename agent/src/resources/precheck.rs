@@ -279,7 +279,9 @@ pub fn precheck(
                 });
             }
         }
-        let target = vol.mount.display().to_string();
+        // A relative mount is under this site's mount root.
+        let mount = vol.mount_at(&site.resources.mount_root);
+        let target = mount.display().to_string();
         if let Some(h) = other_holder(ResourceKind::Mount, &target) {
             usable = false;
             r.discrepancies.push(Discrepancy {
@@ -290,7 +292,7 @@ pub fn precheck(
                 blocks_access: true,
                 holder: Some(h),
             });
-        } else if let Some(m) = mounted.iter().rev().find(|m| m.target == vol.mount) {
+        } else if let Some(m) = mounted.iter().rev().find(|m| m.target == mount) {
             // What a reservation of this VFS holds there (a snapshot, refreshed after each
             // cycle) is its own.
             let ours =
@@ -322,7 +324,7 @@ pub fn precheck(
             r.mounts.push(PlannedMount {
                 volume: vol.name.clone(),
                 image: (site.latest_image)(&def.name, &vol.name).unwrap_or(image),
-                target: vol.mount.clone(),
+                target: mount,
                 fstype: fstype.into(),
                 options: ro_options(fstype).into(),
             });

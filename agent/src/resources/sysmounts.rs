@@ -139,6 +139,15 @@ impl Mounts for SystemMounts {
         Ok(device)
     }
 
+    fn mount_rw(&mut self, device: &Path, target: &Path, fstype: &str) -> Result<(), MountError> {
+        Mount::builder()
+            .fstype(fstype)
+            .flags(MountFlags::NOSUID | MountFlags::NODEV)
+            .mount(device, target)
+            .map_err(io("mount", target))?;
+        Ok(())
+    }
+
     fn unmount(&mut self, target: &Path) -> Result<(), MountError> {
         sys_mount::unmount(target, UnmountFlags::empty()).map_err(io("unmount", target))
     }

@@ -102,6 +102,25 @@ fn kinds(r: &Report) -> Vec<Kind> {
 }
 
 #[test]
+fn a_relative_mount_is_under_this_sites_mount_root() {
+    let mut w = World::new();
+    w.resources.mount_root = "/dr/mnt".into();
+    let r = w.check(&def("fs1", "fs1/data"));
+    assert!(r.sufficient, "{:#?}", r.discrepancies);
+    assert_eq!(r.mounts[0].target, std::path::Path::new("/dr/mnt/fs1/data"));
+    // Something else mounted there is found at the resolved path.
+    w.mounts = w
+        .mounts
+        .clone()
+        .with_mount("/dev/sdz", "/dr/mnt/fs1/data", "ext4");
+    let r = w.check(&def("fs1", "fs1/data"));
+    assert_eq!(kinds(&r), [Kind::MountPointBusy]);
+    // An absolute one is the same path everywhere.
+    let r = w.check(&def("fs1", "/abs/fs1"));
+    assert_eq!(r.mounts[0].target, std::path::Path::new("/abs/fs1"));
+}
+
+#[test]
 fn a_sufficient_site_plans_a_macvlan_and_a_read_only_mount() {
     let mut w = World::new();
     let r = w.check(&def("fs1", MNT));

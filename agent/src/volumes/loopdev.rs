@@ -8,11 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{BlockDevices, DevId, Device, VolumeError};
-use crate::config::VolumeSource;
+use super::{BlockDevices, DevId, Device, ImageInfo, VolumeError, image};
+use crate::config::{FsType, VolumeSource};
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -97,7 +98,17 @@ impl SystemDevices {
 
     /// The loop device whose backing file is `image` (same inode), if any.
     fn find_loop(&self, image: &fs::Metadata) -> Option<PathBuf> {
-        let entries = fs::read_dir("/sys/block").ok()?;
+        loops_backed_by(image).into_iter().next()
+    }
+}
+
+/// The loop devices whose backing file is `image` (same inode), in device order.
+fn loops_backed_by(image: &fs::Metadata) -> Vec<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = Vec::new();
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str().filter(|n| n.starts_with("loop")) else {
@@ -111,15 +122,13 @@ impl SystemDevices {
                 && m.dev() == image.dev()
                 && m.ino() == image.ino()
             {
-                return Some(PathBuf::from("/dev").join(name));
+                let n = name[4..].parse().unwrap_or(u32::MAX);
+                found.push((n, PathBuf::from("/dev").join(name)));
             }
         }
-        None
     }
-
-    fn attach(&self, volume: &str, image: &Path) -> Result<(PathBuf, OwnedFd), VolumeError> {
-        attach_loop(volume, image, false)
-    }
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Attaches `image` to a free loop device with autoclear (it detaches when its last user, the
@@ -182,6 +191,60 @@ impl BlockDevices for SystemDevices {
         image.is_file()
     }
 
+    fn inspect_image(
+        &mut self,
+        volume: &str,
+        image: &Path,
+    ) -> Result<Option<ImageInfo>, VolumeError> {
+        image::inspect(volume, image)
+    }
+
+    fn create_image(&mut self, volume: &str, image: &Path, size: u64) -> Result<(), VolumeError> {
+        image::check_pool(volume, image)?;
+        image::create(volume, image, size)
+    }
+
+    fn format(
+        &mut self,
+        volume: &str,
+        image: &Path,
+        filesystem: FsType,
+    ) -> Result<(), VolumeError> {
+        image::format(volume, image, filesystem)
+    }
+
+    fn loops_of(&mut self, image: &Path) -> Vec<PathBuf> {
+        fs::metadata(image)
+            .map(|m| loops_backed_by(&m))
+            .unwrap_or_default()
+    }
+
+    fn attach(&mut self, volume: &str, image: &Path) -> Result<Device, VolumeError> {
+        let (loop_path, hold) = attach_loop(volume, image, false)?;
+        let mut device = self.block(volume, &loop_path)?;
+        device.attached = true;
+        device.hold = Some(hold);
+        Ok(device)
+    }
+
+    fn detach(&mut self, volume: &str, device: &Path) -> Result<(), VolumeError> {
+        let dev = match File::open(device) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(volume, "open", device)(e)),
+        };
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD) };
+        if r < 0 {
+            let err = std::io::Error::last_os_error();
+            // ENXIO: nothing attached any more (autoclear got there first).
+            if err.raw_os_error() != Some(libc::ENXIO) {
+                return Err(io(volume, "LOOP_CLR_FD", device)(err));
+            }
+        }
+        Ok(())
+    }
+
     fn open(&mut self, volume: &str, source: &VolumeSource) -> Result<Device, VolumeError> {
         match source {
             VolumeSource::Device(path) => self.block(volume, path),
@@ -196,7 +259,7 @@ impl BlockDevices for SystemDevices {
                 if let Some(loop_path) = self.find_loop(&meta) {
                     return self.block(volume, &loop_path);
                 }
-                let (loop_path, hold) = self.attach(volume, image)?;
+                let (loop_path, hold) = attach_loop(volume, image, false)?;
                 let mut device = self.block(volume, &loop_path)?;
                 device.attached = true;
                 device.hold = Some(hold);

@@ -1,18 +1,23 @@
 //! Volumes: the block devices the agent watches, either named directly or as image files
-//! attached to loop devices. `BlockDevices` is the seam in front of the kernel (stat, loop
-//! ioctls); `SystemDevices` is the real one, `FakeDevices` the one for tests.
+//! attached to loop devices, and the life cycle of a VFS's volume images at its active site
+//! (create, format, attach, mount; unmount, detach). `BlockDevices` is the seam in front of the
+//! kernel (stat, loop ioctls, file system signatures, mkfs); `SystemDevices` is the real one,
+//! `FakeDevices` the one for tests.
+mod fake;
+mod image;
+pub mod lifecycle;
 mod loopdev;
 
 use std::{
-    collections::HashMap,
     fmt,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
+pub use fake::FakeDevices;
 pub use loopdev::{SystemDevices, attach_loop};
 
-use crate::config::VolumeSource;
+use crate::config::{FsType, VolumeSource};
 
 /// A device number as the kernel's block tracepoints report it (`MAJOR << 20 | MINOR`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,6 +91,36 @@ pub enum VolumeError {
         path: PathBuf,
         tries: u32,
     },
+    #[error(
+        "volume {volume}: {path} is on {found}, not on a reflink-capable file system (XFS, \
+         btrfs); is the pool mounted? No image is created there"
+    )]
+    NotReflinkCapable {
+        volume: String,
+        path: PathBuf,
+        found: String,
+    },
+    #[error("volume {volume}: image {path} already exists")]
+    Exists { volume: String, path: PathBuf },
+    #[error("volume {volume}: {program} {path} failed ({status}): {stderr}")]
+    Format {
+        volume: String,
+        program: &'static str,
+        path: PathBuf,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// What an image file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Bytes allocated on disk (0 for a sparse file nothing was written to).
+    pub allocated: u64,
+    /// The file system whose signature (superblock magic) it carries, if any.
+    pub filesystem: Option<FsType>,
 }
 
 /// The kernel surface for volumes.
@@ -95,74 +130,25 @@ pub trait BlockDevices: Send {
     fn open(&mut self, volume: &str, source: &VolumeSource) -> Result<Device, VolumeError>;
     /// Whether an image file exists (a VFS volume not created yet is not tracked).
     fn image_exists(&mut self, image: &Path) -> bool;
-}
-
-/// Devices for tests: a table from path to device number. An image not yet "attached" gets
-/// the next free fake loop device.
-#[derive(Debug, Default)]
-pub struct FakeDevices {
-    pub devices: HashMap<PathBuf, DevId>,
-    pub images: HashMap<PathBuf, DevId>,
-    /// Images that exist on "disk".
-    pub files: Vec<PathBuf>,
-    next_loop: u32,
-}
-
-impl FakeDevices {
-    pub fn with_device(mut self, path: impl Into<PathBuf>, dev: DevId) -> Self {
-        self.devices.insert(path.into(), dev);
-        self
-    }
-    pub fn with_image(mut self, path: impl Into<PathBuf>) -> Self {
-        self.files.push(path.into());
-        self
-    }
-}
-
-impl BlockDevices for FakeDevices {
-    fn image_exists(&mut self, image: &Path) -> bool {
-        self.files.iter().any(|f| f == image)
-    }
-
-    fn open(&mut self, volume: &str, source: &VolumeSource) -> Result<Device, VolumeError> {
-        let not_found = |path: &Path| VolumeError::NotFound {
-            volume: volume.to_owned(),
-            path: path.to_owned(),
-        };
-        match source {
-            VolumeSource::Device(path) => {
-                let dev = *self.devices.get(path).ok_or_else(|| not_found(path))?;
-                Ok(Device {
-                    path: path.clone(),
-                    dev,
-                    size: 1 << 30,
-                    attached: false,
-                    hold: None,
-                })
-            }
-            VolumeSource::Image(path) => {
-                if !self.files.contains(path) {
-                    return Err(not_found(path));
-                }
-                let (dev, attached) = match self.images.get(path) {
-                    Some(dev) => (*dev, false),
-                    None => {
-                        let dev = DevId::new(7, self.next_loop);
-                        self.next_loop += 1;
-                        self.images.insert(path.clone(), dev);
-                        (dev, true)
-                    }
-                };
-                Ok(Device {
-                    path: PathBuf::from(format!("/dev/loop{}", dev.minor)),
-                    dev,
-                    size: 1 << 30,
-                    attached,
-                    hold: None,
-                })
-            }
-        }
-    }
+    /// Size, allocation and file system signature of an image; `None` if there is no such file.
+    fn inspect_image(
+        &mut self,
+        volume: &str,
+        image: &Path,
+    ) -> Result<Option<ImageInfo>, VolumeError>;
+    /// Creates a sparse image of `size` bytes (and its directory); an existing file is an error,
+    /// and so is a directory that is not on XFS or btrfs (a pool that is not mounted).
+    fn create_image(&mut self, volume: &str, image: &Path, size: u64) -> Result<(), VolumeError>;
+    /// Makes a file system on an image (XFS with reflink), which the caller checked is blank.
+    fn format(&mut self, volume: &str, image: &Path, filesystem: FsType)
+    -> Result<(), VolumeError>;
+    /// The loop devices backed by `image` (same inode), in device order.
+    fn loops_of(&mut self, image: &Path) -> Vec<PathBuf>;
+    /// Attaches `image` read-write to a new loop device with autoclear; the returned device
+    /// holds it until dropped (a mount made meanwhile keeps it after).
+    fn attach(&mut self, volume: &str, image: &Path) -> Result<Device, VolumeError>;
+    /// Detaches a loop device (the kernel defers it while the device is in use).
+    fn detach(&mut self, volume: &str, device: &Path) -> Result<(), VolumeError>;
 }
 
 #[cfg(test)]
@@ -179,19 +165,5 @@ mod tests {
             DevId::new(259, 1_048_000)
         );
         assert_eq!(d.to_string(), "7:3");
-    }
-
-    #[test]
-    fn fake_images_attach_once() {
-        let mut f = FakeDevices::default().with_image("/pool/a.img");
-        let src = VolumeSource::Image("/pool/a.img".into());
-        let first = f.open("a", &src).unwrap();
-        let again = f.open("a", &src).unwrap();
-        assert!(first.attached && !again.attached);
-        assert_eq!(first.dev, again.dev);
-        assert!(matches!(
-            f.open("b", &VolumeSource::Image("/pool/b.img".into())),
-            Err(VolumeError::NotFound { .. })
-        ));
     }
 }

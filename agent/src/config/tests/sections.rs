@@ -83,7 +83,7 @@ fn every_v2_field_is_read() {
                 name: "logs".into(),
                 size_bytes: 300 << 20,
                 filesystem: FsType::Xfs,
-                mount: "/mnt/fs1/logs".into(),
+                mount: "fs1/logs".into(),
             },
         ],
         interfaces: vec![VfsInterface {
@@ -129,6 +129,12 @@ fn every_v2_field_is_read() {
     };
     assert_eq!(config.vfs, [vfs]);
     assert!(config.vfs[0].validate().is_ok());
+    // The default is relative: each site resolves it under its own mount root.
+    let at = |v: usize| config.vfs[0].volumes[v].mount_at(&config.resources.mount_root);
+    assert_eq!(
+        (at(0), at(1)),
+        ("/srv/fs1/data".into(), "/mnt/fs1/logs".into())
+    );
 }
 
 #[test]
@@ -139,7 +145,11 @@ fn vfs_fields_left_out_take_their_defaults() {
     )));
     let vfs = &config.vfs[0];
     assert_eq!(vfs.volumes[0].filesystem, FsType::Xfs);
-    assert_eq!(vfs.volumes[0].mount, Path::new("/srv/vfsdr/mnt/fs1/data"));
+    assert_eq!(vfs.volumes[0].mount, Path::new("fs1/data"));
+    assert_eq!(
+        vfs.volumes[0].mount_at(&config.resources.mount_root),
+        Path::new("/srv/vfsdr/mnt/fs1/data")
+    );
     assert!(vfs.smb.shares.is_empty());
     assert_eq!(vfs.replication.compression, Compression::Zstd);
     assert_eq!(vfs.replication.bandwidth_limit_bytes_per_s, None);
@@ -263,6 +273,61 @@ fn mounts_stay_out_of_the_agent_directories() {
 }
 
 #[test]
+fn relative_mounts_are_under_the_mount_root_and_checked_there() {
+    let volumes = |list: &str| {
+        linked(&format!("vfs:\n{}", vfs_item("fs1", "10.0.0.1/8", "")))
+            .replace("[{name: data, size: 1GiB}]", list)
+            .replace(
+                "{pool: {path: /pool}}",
+                "{pool: {path: /pool}, mount_root: /m}",
+            )
+    };
+    let config = ok(&volumes(
+        "[{name: data, size: 1GiB, mount: shares/data/}, {name: logs, size: 1GiB, mount: /abs/logs}]",
+    ));
+    let v = &config.vfs[0].volumes;
+    assert_eq!(v[0].mount, Path::new("shares/data"));
+    assert_eq!(v[0].mount_at(Path::new("/m")), Path::new("/m/shares/data"));
+    assert_eq!(v[1].mount_at(Path::new("/m")), Path::new("/abs/logs"));
+    // Checked resolved: a relative mount meets an absolute one under the root.
+    assert_eq!(
+        problems(&volumes(
+            "[{name: data, size: 1GiB, mount: d}, {name: logs, size: 1GiB, mount: /m/d/x}]"
+        )),
+        [
+            "10:83: vfs[0].volumes[1].mount: mount path `/m/d/x` is inside the mount of \
+          vfs[0].volumes[0] `/m/d` on line 10"
+        ]
+    );
+    assert_eq!(
+        problems(&volumes(
+            "[{name: data, size: 1GiB, mount: a/../b}, {name: logs, size: 1GiB, mount: 'a//b'}, \
+             {name: tmp, size: 1GiB, mount: ''}]"
+        )),
+        [
+            "10:47: vfs[0].volumes[0].mount: mount path `a/../b` has a `.` or `..` component, \
+             expected a plain relative path",
+            "10:88: vfs[0].volumes[1].mount: mount path `a//b` has an empty component (`//`), \
+             expected a plain relative path",
+            "10:128: vfs[0].volumes[2].mount: expected a mount path (relative to \
+             `resources.mount_root`, or absolute), found an empty string",
+        ]
+    );
+    // A received definition keeps relative mounts as they are.
+    let mut def = config.vfs[0].clone();
+    assert_eq!(def.validate(), Ok(()));
+    def.volumes[1].mount = "shares/data/inner".into();
+    assert_eq!(
+        def.validate(),
+        Err(vec![
+            "volumes[1].mount: mount path `shares/data/inner` is inside the mount of volumes[0] \
+             `shares/data`"
+                .to_owned()
+        ])
+    );
+}
+
+#[test]
 fn an_interface_network_no_link_carries_is_allowed() {
     let text = linked(&format!("vfs:\n{}", vfs_item("fs1", "10.0.0.1/8", ""))).replace(
         "resources: {pool: {path: /pool}}\n",
@@ -304,7 +369,7 @@ const DEFINITION: &str = "name: fs1\nvolumes: [{name: data, size: 1GiB}]\n\
 #[test]
 fn a_vfs_file_is_checked_on_its_own() {
     let vfs = parse_vfs(DEFINITION, Path::new("fs1.yaml")).expect("valid");
-    assert_eq!(vfs.volumes[0].mount, Path::new("/srv/vfsdr/mnt/fs1/data"));
+    assert_eq!(vfs.volumes[0].mount, Path::new("fs1/data"));
     // Its peer is looked up nowhere; the fields are relative to the definition.
     let text = DEFINITION
         .replace("peer: b", "peer: Z")

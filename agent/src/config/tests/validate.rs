@@ -30,7 +30,7 @@ fn every_rule_names_its_field() {
     let mut vfs = good();
     vfs.name = "file-server-1".into();
     vfs.volumes[0].size_bytes = 100 << 20;
-    vfs.volumes[0].mount = "srv/data".into();
+    vfs.volumes[0].mount = "srv/../data".into();
     vfs.interfaces[0].address = Ipv4Addr::UNSPECIFIED;
     vfs.interfaces[0].prefix_len = 33;
     vfs.interfaces[0].network = "LAN".into();
