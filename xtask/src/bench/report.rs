@@ -104,8 +104,10 @@ fn compare(o: &mut String, i: &Inputs, c: &Compare) -> anyhow::Result<()> {
          of the DR snapshot of the base state; btrfs gets a subvolume holding a copy of the base \
          image, snapshotted and received at the DR site beforehand, then the differing ranges \
          written into it and fsynced (the same block-level change; btrfs then tracks it itself). \
-         The page cache is dropped (`sync; echo 3 > drop_caches`) before each tool. The timed \
-         part of each tool: vfsdr — the whole `replicate --now` call (freeze, clone, diff, ship, \
+         The page cache is dropped (`sync; echo 3 > drop_caches`) before each tool (the bench \
+         reads both image states after the vfsdr cycle to find the differing ranges, so warm \
+         caches would favour the tools that run after it). Each tool runs once on the change \
+         set (a second vfsdr cycle would find nothing left to ship). The timed part of each tool: vfsdr — the whole `replicate --now` call (freeze, clone, diff, ship, \
          DR write, fsync, snapshot commit, acknowledgement); rsync — the client run (it reads \
          the whole image at both ends); btrfs — the read-only snapshot, send | TCP | receive, \
          and a syncfs of the DR pool; raw — connect to the receiver's acknowledgement after its \
