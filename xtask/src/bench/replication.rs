@@ -192,7 +192,7 @@ fn compare(o: &Options) -> anyhow::Result<Compare> {
     tools.push(ToolRun {
         name: "vfsdr",
         what: format!(
-            "`vfsdr replicate bench --now`: group freeze + reflink, FIEMAP diff, 64 KiB blocks, {} over TLS, DR pwrite + fsync + snapshot commit (agent's own duration {} ms)",
+            "`vfsdr replicate bench --now`: group freeze + reflink, FIEMAP diff (4 KiB blocks), {} over TLS, DR pwrite + fsync + snapshot commit (agent's own duration {} ms)",
             o.compression, cycle["duration_ms"]
         ),
         time: took,

@@ -170,8 +170,12 @@ fn compare(o: &mut String, i: &Inputs, c: &Compare) -> anyhow::Result<()> {
     }
     writeln!(
         o,
-        "\nThe vfsdr cycle report: `{}`. Codec: {}.\n",
-        c.cycle, i.compression
+        "\nvfsdr's FIEMAP comparison found {} changed for the {} that differ. The vfsdr cycle \
+         report: `{}`. Codec: {}.\n",
+        mib(c.cycle["changed_bytes"].as_u64().unwrap_or(0)),
+        mib(c.differing),
+        c.cycle,
+        i.compression
     )?;
     Ok(())
 }
