@@ -57,6 +57,7 @@ mod daemon;
 mod guard;
 mod lab;
 mod netns;
+pub mod pair;
 mod registry;
 mod storage;
 mod sweep;

@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // ping, used by the lab tests to prove reachability inside the lab.
     "iputils-ping",
+    // The replication benchmark's comparison (rsync --inplace of the image).
+    "rsync",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -15,19 +15,9 @@ use anyhow::{Context as _, bail};
 use vfsdr_lab::{
     GIB, Lab,
     agent::{Agent, write_config},
-    require_root,
 };
 
-use crate::{setup, util};
-
-#[derive(clap::Args)]
-pub struct Args {
-    /// Which benchmark: `writes` (tracking overhead on write loops).
-    which: String,
-    /// Rounds of (detached, attached) runs per workload.
-    #[arg(long, default_value_t = 7)]
-    rounds: usize,
-}
+use crate::util;
 
 const FILE_BYTES: u64 = 256 << 20;
 const PASSES_4K: u64 = 4;
@@ -90,18 +80,11 @@ struct Row {
     attached: Vec<Duration>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.which != "writes" {
-        bail!("unknown benchmark {:?}; known: writes", args.which);
+pub fn run(rounds: usize) -> anyhow::Result<()> {
+    if rounds < 3 {
+        bail!("--rounds must be at least 3, got {rounds}");
     }
-    if args.rounds < 3 {
-        bail!("--rounds must be at least 3, got {}", args.rounds);
-    }
-    require_root()?;
-    setup::run()?;
-    util::run(util::cargo().args(["build", "--release", "-p", "vfsdr"]))?;
-    // SAFETY: setting an env var before any thread of ours reads it.
-    unsafe { std::env::set_var("VFSDR_BIN", util::root().join("target/release/vfsdr")) };
+    super::prepare()?;
 
     let lab = Lab::new("bench-writes")?;
     let site = lab.add_site("bench")?;
@@ -143,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (_, _, f) in &workloads {
         f(dir)?;
     }
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         for (i, (name, _, f)) in workloads.iter().enumerate() {
             let d = f(dir)?;
             let agent = Agent::start(&site, &config)?;
@@ -159,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rows[i].attached.push(a);
         }
     }
-    let report = render(&rows, args.rounds)?;
+    let report = render(&rows, rounds)?;
     let out = util::root().join("bench/results/writes.md");
     std::fs::create_dir_all(out.parent().context("results dir")?)?;
     std::fs::write(&out, &report)?;
