@@ -27,7 +27,7 @@ const TOP_FIELDS: &[&str] = &[
     "volumes",
     "vfs",
 ];
-const TRACKING_FIELDS: &[&str] = &["poll_interval_ms", "top_writers"];
+const TRACKING_FIELDS: &[&str] = &["poll_interval_ms", "top_writers", "writers"];
 
 /// Decodes the document's root node (`None`: the file holds no document).
 pub(super) fn decode(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
@@ -370,6 +370,7 @@ impl Decoder {
         let mut tracking = Tracking {
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
             top_writers: DEFAULT_TOP_WRITERS,
+            writers: true,
         };
         let Some(node) = top.optional("tracking") else {
             return tracking;
@@ -386,6 +387,9 @@ impl Decoder {
             scalars::int(node, TOP_WRITERS)
         }) {
             tracking.top_writers = value.map_or(0, |v| usize::try_from(v).unwrap_or_default());
+        }
+        if let Some(value) = self.check_optional(&fields, "writers", scalars::boolean) {
+            tracking.writers = value.unwrap_or(true);
         }
         tracking
     }

@@ -51,6 +51,14 @@ pub(super) fn share_path(node: &Node) -> Result<String, String> {
     checked(node, "a directory of the volume", values::share_path)
 }
 
+/// `true` or `false` (the YAML core schema's spellings).
+pub(super) fn boolean(node: &Node) -> Result<bool, String> {
+    match &node.value {
+        Value::Scalar(text, Scalar::Bool) => Ok(text.eq_ignore_ascii_case("true")),
+        _ => Err(format!("expected true or false, found {}", node.describe())),
+    }
+}
+
 /// An absolute path.
 pub(super) fn absolute_path(node: &Node) -> Result<PathBuf, String> {
     values::absolute_path(text(node, "an absolute path")?)

@@ -49,6 +49,8 @@ pub enum AgentError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Track(#[from] TrackError),
+    #[error("tracking.writers: {0}")]
+    Writers(#[from] crate::tracking::ProbeError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
@@ -116,6 +118,7 @@ impl Agent {
             volume_errors: Default::default(),
             started: Instant::now(),
         };
+        agent.probes.set_writers(config.tracking.writers)?;
         agent.record_local_definitions()?;
         // Before tracking: a volume created here is tracked from its first write.
         agent.take_down_removed_volumes();
@@ -255,6 +258,7 @@ impl Agent {
         // VFS volumes: those that left the configuration go down first (their mount path may
         // be another's now), then every configured one is brought up.
         let old = self.config.clone();
+        self.probes.set_writers(new.tracking.writers)?;
         self.take_down_volumes(&old, &new);
         self.bring_up_volumes(&new);
         let wanted = self.tracked_volumes(&new);
@@ -378,7 +382,12 @@ impl Agent {
                     attached_by_agent: o.device.attached,
                 })
                 .collect(),
-            tracking: self.tracker.status(self.config.tracking.top_writers),
+            // With the syscall probe off, what its map still holds is stale.
+            tracking: self.tracker.status(if self.config.tracking.writers {
+                self.config.tracking.top_writers
+            } else {
+                0
+            }),
             peers: Default::default(),
             replication: Vec::new(),
             paused: Vec::new(),

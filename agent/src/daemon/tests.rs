@@ -26,6 +26,7 @@ fn config(volumes: &[(&str, VolumeSource)]) -> Config {
         tracking: Tracking {
             poll_interval_ms: 200,
             top_writers: 5,
+            writers: true,
         },
         peers: Vec::new(),
         resources: Default::default(),
@@ -415,3 +416,28 @@ mod at_risk {
 
 #[path = "gap_tests.rs"]
 mod gap_checks;
+
+#[test]
+fn the_writers_probe_follows_the_config_and_its_counts_hide_when_off() {
+    let (mut agent, probes) = start(&[("data", dev("/dev/vdb"))]).unwrap();
+    assert!(probes.state.lock().unwrap().writers_on);
+    probes.syscall(42, "smbd", 4096);
+    agent.poll().unwrap();
+    let writers = |agent: &mut Agent| {
+        let Response::Status(s) = now(agent.handle(Request::Status)) else {
+            panic!("not a status")
+        };
+        s.tracking.writers.len()
+    };
+    assert_eq!(writers(&mut agent), 1);
+
+    let mut off = config(&[("data", dev("/dev/vdb"))]);
+    off.tracking.writers = false;
+    agent.apply(off).unwrap();
+    assert!(!probes.state.lock().unwrap().writers_on);
+    assert_eq!(writers(&mut agent), 0);
+
+    agent.apply(config(&[("data", dev("/dev/vdb"))])).unwrap();
+    assert!(probes.state.lock().unwrap().writers_on);
+    assert_eq!(writers(&mut agent), 1);
+}

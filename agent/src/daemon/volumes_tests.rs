@@ -26,6 +26,7 @@ fn config(vfs: &[(&str, &str)]) -> Config {
         tracking: Tracking {
             poll_interval_ms: 200,
             top_writers: 5,
+            writers: true,
         },
         peers: Vec::new(),
         resources: Resources {

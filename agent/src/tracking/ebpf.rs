@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId},
 };
 use vfsdr_common::{
     BlockLayout, Extent, SyscallNrs, VolumeCounters, WriterSlot, WriterStats, counter, names,
@@ -28,8 +28,10 @@ pub struct EbpfProbes {
     writers: PerCpuHashMap<MapData, u32, WriterStats>,
     last_writer: PerCpuArray<MapData, WriterSlot>,
     nr_cpus: usize,
+    /// The write-syscall program's link while it is attached.
+    writers_link: Option<BtfTracePointLinkId>,
     /// Owns the programs and their links; dropped last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
@@ -56,29 +58,34 @@ const SYSCALL_NRS: SyscallNrs = SyscallNrs {
     pwritev2: libc::SYS_pwritev2 as u64,
 };
 
-/// Loads and attaches the write-syscall program on the raw `sys_enter` hook (needs the
-/// kernel's BTF).
-fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+/// The write-syscall program, a BTF tracepoint on the raw `sys_enter` hook.
+fn syscall_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, ProbeError> {
     let program = names::SYSCALL_PROGRAM;
-    let err = |source| ProbeError::Program {
-        program,
-        source: Box::new(source),
-    };
-    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Format {
-        path: "/sys/kernel/btf/vmlinux".into(),
-        reason: format!("the kernel's BTF is needed for the syscall probe: {e}"),
-    })?;
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(program)
+    ebpf.program_mut(program)
         .ok_or(ProbeError::Program {
             program,
             source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
         })?
         .try_into()
-        .map_err(err)?;
-    p.load("sys_enter", &btf).map_err(err)?;
-    p.attach().map_err(err)?;
-    Ok(())
+        .map_err(|source| ProbeError::Program {
+            program,
+            source: Box::new(source),
+        })
+}
+
+/// Loads the write-syscall program (needs the kernel's BTF); it is attached on demand.
+fn load_syscalls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let program = names::SYSCALL_PROGRAM;
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Format {
+        path: "/sys/kernel/btf/vmlinux".into(),
+        reason: format!("the kernel's BTF is needed for the syscall probe: {e}"),
+    })?;
+    syscall_program(ebpf)?
+        .load("sys_enter", &btf)
+        .map_err(|source| ProbeError::Program {
+            program,
+            source: Box::new(source),
+        })
 }
 
 fn attach(
@@ -134,7 +141,7 @@ impl EbpfProbes {
                 .map_err(map_err(names::BLOCK_LAYOUT))?;
         }
         attach(&mut ebpf, names::BLOCK_PROGRAM, "block", "block_bio_queue")?;
-        attach_syscalls(&mut ebpf)?;
+        load_syscalls(&mut ebpf)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Format {
             path: "/sys/devices/system/cpu/possible".into(),
             reason: e.to_string(),
@@ -147,7 +154,8 @@ impl EbpfProbes {
             writers: take(&mut ebpf, names::WRITERS)?,
             last_writer: take(&mut ebpf, names::LAST_WRITER)?,
             nr_cpus,
-            _ebpf: ebpf,
+            writers_link: None,
+            ebpf,
         })
     }
 }
@@ -249,5 +257,21 @@ impl Probes for EbpfProbes {
 
     fn wakeup_fd(&self) -> Option<RawFd> {
         Some(self.extents.as_raw_fd())
+    }
+
+    fn set_writers(&mut self, on: bool) -> Result<(), ProbeError> {
+        let program = names::SYSCALL_PROGRAM;
+        let err = |source| ProbeError::Program {
+            program,
+            source: Box::new(source),
+        };
+        match (on, self.writers_link.take()) {
+            (true, None) => {
+                self.writers_link = Some(syscall_program(&mut self.ebpf)?.attach().map_err(err)?)
+            }
+            (false, Some(link)) => syscall_program(&mut self.ebpf)?.detach(link).map_err(err)?,
+            (_, link) => self.writers_link = link,
+        }
+        Ok(())
     }
 }

@@ -76,6 +76,8 @@ pub trait Probes: Send {
     /// A descriptor that becomes readable when the kernel forces a wakeup (ring buffer past
     /// its fill threshold), if the implementation has one.
     fn wakeup_fd(&self) -> Option<RawFd>;
+    /// Attaches (`true`) or detaches the per-process write-syscall probe; idempotent.
+    fn set_writers(&mut self, on: bool) -> Result<(), ProbeError>;
 }
 
 /// In-memory probes: tests push what "the kernel" saw; `drain` hands it out once.
@@ -90,6 +92,8 @@ pub struct FakeState {
     pub queued: Vec<Extent>,
     pub pending: Vec<Extent>,
     pub writers: HashMap<u32, WriterStats>,
+    /// Whether the write-syscall probe is attached.
+    pub writers_on: bool,
     pub counters: [u64; counter::LEN as usize],
     /// Makes the next `watch` fail, to test error paths.
     pub fail_watch: bool,
@@ -162,5 +166,10 @@ impl Probes for FakeProbes {
 
     fn wakeup_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    fn set_writers(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.state.lock().unwrap().writers_on = on;
+        Ok(())
     }
 }

@@ -1,8 +1,10 @@
 //! `cargo xtask bench writes`: the cost of write tracking on the writers.
 //!
-//! On a loop-backed XFS volume in the lab, two write loops run with the probes detached (no
-//! agent) and attached (the agent running, watching the volume), alternating, several rounds;
-//! the medians are compared. Results go to `bench/results/writes.md`.
+//! On a loop-backed XFS volume in the lab, two write loops and a loop of a non-write syscall
+//! run in three modes, alternating, several rounds: no agent; the agent watching the volume with
+//! block tracking only (`tracking.writers: false`); and with the per-process write-syscall
+//! probe too (the default). The medians are compared. Results go to
+//! `bench/results/writes.md`.
 use std::{
     fmt::Write as _,
     fs::{File, OpenOptions},
@@ -23,6 +25,7 @@ const FILE_BYTES: u64 = 256 << 20;
 const PASSES_4K: u64 = 4;
 const SMALL_WRITES: u64 = 400_000;
 const SMALL_SIZE: usize = 128;
+const OTHER_SYSCALLS: u64 = 2_000_000;
 
 /// 4 KiB buffered writes over a 256 MiB file, several passes, then fsync.
 fn loop_4k(dir: &Path) -> anyhow::Result<Duration> {
@@ -67,17 +70,38 @@ fn loop_small(dir: &Path) -> anyhow::Result<Duration> {
     Ok(t)
 }
 
+/// A syscall that writes nothing (`getppid`), many times: what the `sys_enter` probe costs
+/// every other syscall of the host.
+fn loop_other(_dir: &Path) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..OTHER_SYSCALLS {
+        // SAFETY: getppid has no arguments and cannot fail.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+    }
+    Ok(start.elapsed())
+}
+
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
 }
 
+/// How the workloads run: without the agent, or with it and some of its probes.
+#[derive(Clone, Copy)]
+enum Mode {
+    Detached,
+    BlockOnly,
+    Full,
+}
+
+const MODES: [Mode; 3] = [Mode::Detached, Mode::BlockOnly, Mode::Full];
+
 struct Row {
     name: &'static str,
     what: String,
-    detached: Vec<Duration>,
-    attached: Vec<Duration>,
+    /// Per mode (in [`MODES`] order), the time of each round.
+    runs: [Vec<Duration>; 3],
 }
 
 pub fn run(rounds: usize) -> anyhow::Result<()> {
@@ -89,16 +113,19 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let lab = Lab::new("bench-writes")?;
     let site = lab.add_site("bench")?;
     let vol = site.pool().create_volume("data", 2 * GIB)?;
-    let config = write_config(
-        &site,
-        &format!(
-            "volumes:\n  - name: data\n    image: {}\n",
-            vol.image().display()
-        ),
-    )?;
+    // The bodies continue the `tracking:` section the helper writes.
+    let config = |writers: bool| {
+        write_config(
+            &site,
+            &format!(
+                "  writers: {writers}\nvolumes:\n  - name: data\n    image: {}\n",
+                vol.image().display()
+            ),
+        )
+    };
     let dir = vol.mount_point();
     type Workload = fn(&Path) -> anyhow::Result<Duration>;
-    let workloads: [(&str, String, Workload); 2] = [
+    let workloads: [(&str, String, Workload); 3] = [
         (
             "4k-buffered",
             format!(
@@ -112,14 +139,18 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             format!("{SMALL_WRITES} x {SMALL_SIZE} B appending write, then fsync"),
             loop_small,
         ),
+        (
+            "other-syscalls",
+            format!("{OTHER_SYSCALLS} x getppid (no write)"),
+            loop_other,
+        ),
     ];
     let mut rows: Vec<Row> = workloads
         .iter()
         .map(|(n, w, _)| Row {
             name: n,
             what: w.clone(),
-            detached: vec![],
-            attached: vec![],
+            runs: Default::default(),
         })
         .collect();
     // Warm up the volume (allocations, page cache) once per workload.
@@ -128,18 +159,30 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     }
     for round in 0..rounds {
         for (i, (name, _, f)) in workloads.iter().enumerate() {
-            let d = f(dir)?;
-            let agent = Agent::start(&site, &config)?;
-            let a = f(dir)?;
-            let status = agent.status()?;
-            agent.stop()?;
-            let bios = status["tracking"]["probes"]["bios"].as_u64().unwrap_or(0);
-            if bios == 0 {
-                bail!("the agent saw no block writes during {name}: the probes are not attached");
+            for (m, mode) in MODES.iter().enumerate() {
+                let t = match mode {
+                    Mode::Detached => f(dir)?,
+                    Mode::BlockOnly | Mode::Full => {
+                        let agent = Agent::start(&site, &config(matches!(mode, Mode::Full))?)?;
+                        let t = f(dir)?;
+                        let status = agent.status()?;
+                        agent.stop()?;
+                        let bios = status["tracking"]["probes"]["bios"].as_u64().unwrap_or(0);
+                        if bios == 0 && *name != "other-syscalls" {
+                            bail!(
+                                "the agent saw no block writes during {name}: the probes are not attached"
+                            );
+                        }
+                        t
+                    }
+                };
+                rows[i].runs[m].push(t);
             }
-            eprintln!("round {round} {name}: detached {d:?}, attached {a:?}");
-            rows[i].detached.push(d);
-            rows[i].attached.push(a);
+            let [d, b, a] = &rows[i].runs;
+            eprintln!(
+                "round {round} {name}: no agent {:?}, block only {:?}, block + writers {:?}",
+                d[round], b[round], a[round]
+            );
         }
     }
     let report = render(&rows, rounds)?;
@@ -149,6 +192,11 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     print!("{report}");
     eprintln!("written to {}", out.display());
     Ok(())
+}
+
+fn overhead(base: Duration, with: Duration) -> String {
+    let ratio = with.as_secs_f64() / base.as_secs_f64();
+    format!("{ratio:.3} ({:+.1}%)", (ratio - 1.0) * 100.0)
 }
 
 fn render(rows: &[Row], rounds: usize) -> anyhow::Result<String> {
@@ -163,40 +211,49 @@ fn render(rows: &[Row], rounds: usize) -> anyhow::Result<String> {
     )?;
     writeln!(
         o,
-        "Kernel {}, {cpus} CPUs. A loop-backed XFS volume (2 GiB image on the lab's XFS pool); each workload \
-         runs with the probes detached (no agent) and attached (agent watching the volume: block \
-         tracepoint + 5 write-syscall tracepoints), alternating, {rounds} rounds; medians.\n",
+        "Kernel {}, {cpus} CPUs. A loop-backed XFS volume (2 GiB image on the lab's XFS pool). Each \
+         workload runs in three modes, alternating, {rounds} rounds; medians: **no agent**; \
+         **block only**: the agent watching the volume with `tracking.writers: false` (the \
+         `block_bio_queue` tracepoint, which replication needs); **block + writers**: the default, \
+         with the per-process write-syscall probe too (a BTF tracepoint on `sys_enter`, which runs \
+         at every syscall entry of the host).\n",
         kernel.trim()
     )?;
     writeln!(
         o,
-        "| workload | what | detached (median) | attached (median) | attached / detached | overhead |"
+        "| workload | what | no agent | block only | block + writers | block only / no agent | block + writers / no agent |"
     )?;
-    writeln!(o, "|---|---|---|---|---|---|")?;
-    for r in rows.iter() {
-        let d = median(&r.detached);
-        let a = median(&r.attached);
-        let ratio = a.as_secs_f64() / d.as_secs_f64();
+    writeln!(o, "|---|---|---|---|---|---|---|")?;
+    for r in rows {
+        let [d, b, a] = [median(&r.runs[0]), median(&r.runs[1]), median(&r.runs[2])];
         writeln!(
             o,
-            "| {} | {} | {:.3} s | {:.3} s | {:.3} | {:+.1}% |",
+            "| {} | {} | {:.3} s | {:.3} s | {:.3} s | {} | {} |",
             r.name,
             r.what,
             d.as_secs_f64(),
+            b.as_secs_f64(),
             a.as_secs_f64(),
-            ratio,
-            (ratio - 1.0) * 100.0
+            overhead(d, b),
+            overhead(d, a)
         )?;
     }
-    writeln!(o, "\nAll runs (seconds, detached / attached):\n")?;
-    for r in rows.iter() {
-        let pairs: Vec<String> = r
-            .detached
-            .iter()
-            .zip(&r.attached)
-            .map(|(d, a)| format!("{:.3}/{:.3}", d.as_secs_f64(), a.as_secs_f64()))
+    writeln!(
+        o,
+        "\nAll runs (seconds, no agent / block only / block + writers):\n"
+    )?;
+    for r in rows {
+        let runs: Vec<String> = (0..r.runs[0].len())
+            .map(|i| {
+                format!(
+                    "{:.3}/{:.3}/{:.3}",
+                    r.runs[0][i].as_secs_f64(),
+                    r.runs[1][i].as_secs_f64(),
+                    r.runs[2][i].as_secs_f64()
+                )
+            })
             .collect();
-        writeln!(o, "- {}: {}", r.name, pairs.join(", "))?;
+        writeln!(o, "- {}: {}", r.name, runs.join(", "))?;
     }
     writeln!(o, "\nTarget: at most 5% overhead on the 4 KiB loop.")?;
     Ok(o)

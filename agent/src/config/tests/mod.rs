@@ -54,6 +54,7 @@ fn minimal_config_takes_the_defaults() {
         tracking: Tracking {
             poll_interval_ms: 200,
             top_writers: 10,
+            writers: true,
         },
         peers: Vec::new(),
         resources: Resources {
@@ -72,7 +73,7 @@ fn minimal_config_takes_the_defaults() {
 fn every_field_is_read() {
     let config = ok(
         "version: 2\nsite: {name: b-2}\nstate_dir: /s\nruntime_dir: /r\n\
-         tracking: {poll_interval_ms: 10, top_writers: 100}\n\
+         tracking: {poll_interval_ms: 10, top_writers: 100, writers: false}\n\
          volumes:\n  - {name: d, device: /dev/vdb}\n  - {name: i, image: '/p/i.img'}\n",
     );
     assert_eq!(config.site.name, "b-2");
@@ -84,7 +85,8 @@ fn every_field_is_read() {
         config.tracking,
         Tracking {
             poll_interval_ms: 10,
-            top_writers: 100
+            top_writers: 100,
+            writers: false,
         }
     );
     let volumes = [
@@ -119,7 +121,8 @@ fn range_bounds_are_inclusive() {
             config.tracking,
             Tracking {
                 poll_interval_ms: poll,
-                top_writers: top
+                top_writers: top,
+                writers: true,
             }
         );
     }
