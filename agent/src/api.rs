@@ -115,6 +115,9 @@ pub struct StatusReport {
     /// The last replication cycle of each VFS active here.
     #[serde(default)]
     pub replication: Vec<crate::daemon::CycleReport>,
+    /// The replication cycles running now, with how far each got.
+    #[serde(default)]
+    pub progress: Vec<crate::replication::progress::ProgressReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

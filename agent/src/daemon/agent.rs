@@ -364,6 +364,7 @@ impl Agent {
             tracking: self.tracker.status(self.config.tracking.top_writers),
             peers: Default::default(),
             replication: Vec::new(),
+            progress: Vec::new(),
         }
     }
 }

@@ -205,6 +205,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                         report.peers = l.status.snapshot();
                     }
                     report.replication = cycles.last.values().cloned().collect();
+                    report.progress = cycles.progress.values().map(|p| p.report()).collect();
                     let _ = reply.send(Response::Status(report));
                 }
                 Handled::Now(response) => { let _ = reply.send(response); }
@@ -355,6 +356,8 @@ struct Cycles {
     running: std::collections::HashSet<String>,
     next_due: HashMap<String, Instant>,
     last: std::collections::BTreeMap<String, CycleReport>,
+    /// How far each running cycle got.
+    progress: std::collections::BTreeMap<String, Arc<crate::replication::progress::Progress>>,
 }
 
 impl Cycles {
@@ -434,13 +437,16 @@ impl Cycles {
         self.next_due
             .insert(def.name.clone(), Instant::now() + interval);
         self.running.insert(def.name.clone());
+        let def_name = def.name.clone();
         let job = replicate::CycleJob {
             def,
             pool,
             state_dir: agent.config().state_dir.clone(),
             ctx: link.ctx.clone(),
+            progress: Arc::new(crate::replication::progress::Progress::new(&def_name)),
         };
         let vfs = job.def.name.clone();
+        self.progress.insert(vfs.clone(), job.progress.clone());
         let done = done.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("cycle-{vfs}"))
@@ -453,16 +459,18 @@ impl Cycles {
             });
         if let Err(e) = spawned {
             self.running.remove(&vfs);
+            self.progress.remove(&vfs);
             tracing::error!(vfs = %vfs, event = "cycle_failed", error = %e, "cannot start the cycle thread");
         }
     }
 
     fn finish(&mut self, site: &str, done: CycleDone) {
         self.running.remove(&done.vfs);
+        self.progress.remove(&done.vfs);
         let response = match done.result {
             Ok(r) => {
                 tracing::info!(site = %site, vfs = %r.vfs, event = "cycle_done", cycle = r.cycle, snapshot = r.snapshot,
-                    full = r.full, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
+                    full = r.full, resumed_bytes = r.resumed_bytes, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
                     freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms, "replication cycle committed at the DR site");
                 self.last.insert(r.vfs.clone(), r.clone());
                 Response::Replicated(r)

@@ -20,6 +20,8 @@ mod cycle_tests;
 pub mod extents;
 pub mod fake_fs;
 pub mod fsops;
+pub mod progress;
+pub mod resume;
 pub mod retention;
 pub mod session;
 #[cfg(test)]

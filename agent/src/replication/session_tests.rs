@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 
 use super::{
     codec::Codec,
-    cycle::{Pieces, Point, SourceVolume, delta, take_point},
+    cycle::{CycleError, Pieces, Point, SourceVolume, delta, take_point},
     fake_fs::FakeImages,
-    session::{SessionError, receive, send},
+    fsops::Images as _,
+    resume::skip_below,
+    session::{Sent, SessionError, receive, send},
     sink::{Sink, replica_volumes},
-    wire::{Begin, VolumeInfo},
+    wire::{Begin, Frame, FrameReader, FrameWriter, VolumeInfo},
 };
 use crate::{
     config::test_vfs,
@@ -58,6 +60,7 @@ impl World {
             store: Store::open(self.dir.path()).unwrap(),
             images: Box::new(self.dst.clone()),
             pool: "/b/pool".into(),
+            checkpoint_bytes: super::sink::CHECKPOINT_BYTES,
         }
     }
 
@@ -71,6 +74,7 @@ impl World {
                 name: "data".into(),
                 size: 16 * MIB,
             }],
+            point: None,
         }
     }
 
@@ -89,7 +93,7 @@ impl World {
         let sink = self.sink();
         let from = from.to_owned();
         let (sent, got) = tokio::join!(
-            send(a, &begin, pieces.into_iter(), Codec::Zstd, None),
+            send(a, &begin, |_: &[u64]| pieces.into_iter(), Codec::Zstd, None),
             async move { receive(b, &from, sink).await }
         );
         (sent.map(|s| s.snapshot), got.map(|s| s.id))
@@ -182,4 +186,175 @@ async fn a_silent_sender_is_given_up_after_the_frame_timeout() {
     let (_a, b) = tokio::io::duplex(1024);
     let e = receive(b, "site-a", w.sink()).await.unwrap_err();
     assert!(matches!(e, SessionError::Timeout { .. }), "{e}");
+}
+
+/// A full copy of `point` (identity `id`) whose sender dies after `stop_after` pieces, if given.
+async fn full_copy(
+    w: &World,
+    point: &Point,
+    id: u64,
+    stop_after: Option<usize>,
+    checkpoint_bytes: u64,
+) -> (Result<Sent, SessionError>, Result<u64, SessionError>) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let mut src = w.src.clone();
+    let d = delta(&mut src, None, point).unwrap();
+    let begin = Begin {
+        point: Some(id),
+        ..w.begin(point.cycle, None)
+    };
+    let mut sink = w.sink();
+    sink.checkpoint_bytes = checkpoint_bytes;
+    let pieces = move |offsets: &[u64]| {
+        let rest = skip_below(&d, offsets);
+        let mut all: Vec<_> = Pieces::new(&mut src, point, rest).collect();
+        if let Some(n) = stop_after {
+            all.truncate(n);
+            all.push(Err(CycleError::Protocol {
+                cycle: point.cycle,
+                what: "the sender died".into(),
+            }));
+        }
+        all.into_iter()
+    };
+    let (sent, got) = tokio::join!(send(a, &begin, pieces, Codec::Lz4, None), async move {
+        receive(b, "site-a", sink).await
+    });
+    (sent, got.map(|s| s.id))
+}
+
+/// 8 MiB of distinct data in the 16 MiB volume, and a point of it.
+fn eight_mib(w: &mut World) -> Point {
+    let img = w.vols[0].image.clone();
+    let data: Vec<u8> = (0..8 * MIB).map(|i| (i / 4096 % 251) as u8).collect();
+    w.src.write_user(&img, 0, &data).unwrap();
+    take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap()
+}
+
+#[tokio::test]
+async fn an_interrupted_full_copy_resumes_where_its_replica_was_synced() {
+    let mut w = world();
+    let p1 = eight_mib(&mut w);
+    let (sent, got) = full_copy(&w, &p1, 77, Some(5), MIB).await;
+    assert!(sent.is_err() && got.is_err(), "{sent:?} {got:?}");
+    let store = Store::open(w.dir.path()).unwrap();
+    let flight = store.in_flight("fs1").unwrap().unwrap();
+    assert_eq!(
+        flight.progress,
+        serde_json::json!({"point": 77, "offsets": [5 * MIB]})
+    );
+    assert!(store.snapshots("fs1").unwrap().is_empty());
+
+    let (sent, got) = full_copy(&w, &p1, 77, None, MIB).await;
+    let sent = sent.unwrap();
+    assert_eq!((sent.snapshot, got.unwrap()), (1, 1));
+    assert_eq!(sent.resumed, [5 * MIB]);
+    assert_eq!(sent.stats.data_bytes, 3 * MIB, "only the rest was shipped");
+    let snap = PathBuf::from("/b/pool/snapshots/fs1/1/data.img");
+    assert_eq!(w.dst.content(&snap), w.src.content(&p1.clones[0]));
+    assert_eq!(
+        Store::open(w.dir.path()).unwrap().in_flight("fs1").unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_full_copy_of_another_point_starts_over() {
+    let mut w = world();
+    let p1 = eight_mib(&mut w);
+    full_copy(&w, &p1, 77, Some(5), MIB).await.0.unwrap_err();
+    // The active site lost its clones and took a new point: other data, other identity.
+    let img = w.vols[0].image.clone();
+    w.src.write_user(&img, 0, &[9u8; 8192]).unwrap();
+    w.src.remove(&p1.clones[0]).unwrap();
+    let p1b = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    let (sent, _) = full_copy(&w, &p1b, 78, None, MIB).await;
+    let sent = sent.unwrap();
+    assert_eq!(sent.resumed, [0]);
+    assert_eq!(sent.stats.data_bytes, 8 * MIB);
+    let snap = PathBuf::from("/b/pool/snapshots/fs1/1/data.img");
+    assert_eq!(w.dst.content(&snap), w.src.content(&p1b.clones[0]));
+}
+
+#[tokio::test]
+async fn recorded_offsets_beyond_the_volume_are_not_used() {
+    let mut w = world();
+    let p1 = eight_mib(&mut w);
+    full_copy(&w, &p1, 77, Some(3), MIB).await.0.unwrap_err();
+    let mut store = Store::open(w.dir.path()).unwrap();
+    let bogus = serde_json::json!({"point": 77, "offsets": [1u64 << 40]});
+    store.cycle_progress("fs1", 1, &bogus).unwrap();
+    let (sent, _) = full_copy(&w, &p1, 77, None, MIB).await;
+    let sent = sent.unwrap();
+    assert_eq!(sent.resumed, [0]);
+    let snap = PathBuf::from("/b/pool/snapshots/fs1/1/data.img");
+    assert_eq!(w.dst.content(&snap), w.src.content(&p1.clones[0]));
+}
+
+/// A receiver that answers `Begin` with `resume` and records the frames that follow.
+async fn answering(stream: tokio::io::DuplexStream, resume: Frame) -> Vec<Frame> {
+    let (r, w) = tokio::io::split(stream);
+    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w, Codec::None, None));
+    let mut frames = vec![reader.next().await.unwrap()];
+    writer.send(&resume).await.unwrap();
+    writer.flush().await.unwrap();
+    while let Ok(f) = reader.next().await {
+        if let Frame::Commit { cycle } = f {
+            writer.committed(cycle, cycle).await.unwrap();
+        }
+        frames.push(f);
+    }
+    frames
+}
+
+#[tokio::test]
+async fn the_sender_ignores_resume_offsets_beyond_a_volume_and_refuses_another_cycles() {
+    let mut w = world();
+    let p1 = eight_mib(&mut w);
+    let d = delta(&mut w.src, None, &p1).unwrap();
+    let begin = Begin {
+        point: Some(77),
+        ..w.begin(1, None)
+    };
+    for (resume, ok) in [
+        (vec![17 * MIB], true),
+        (vec![0, 0], true),
+        (vec![4 * MIB], false), // another cycle's
+    ] {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cycle = if ok { 1 } else { 2 };
+        let answer = Frame::Resume {
+            cycle,
+            offsets: resume.clone(),
+        };
+        let mut src = w.src.clone();
+        let pieces = |offsets: &[u64]| {
+            Pieces::new(&mut src, &p1, skip_below(&d, offsets))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let (sent, frames) = tokio::join!(
+            send(a, &begin, pieces, Codec::None, None),
+            answering(b, answer)
+        );
+        if ok {
+            let sent = sent.unwrap();
+            assert_eq!(sent.resumed, [0], "{resume:?}");
+            assert_eq!(sent.stats.data_bytes, 8 * MIB, "{resume:?}");
+            assert!(matches!(frames[1], Frame::Data { offset: 0, .. }));
+        } else {
+            let e = sent.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SessionError::Unexpected {
+                        expected: "resume for this cycle",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(frames.len(), 1, "nothing but begin was sent");
+        }
+    }
 }

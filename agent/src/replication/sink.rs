@@ -2,11 +2,15 @@
 //! what this site holds, undoes an interrupted cycle, applies the pieces into the working
 //! replicas, and commits a group-consistent snapshot in the catalog. Synchronous: it runs on a
 //! thread of its own, fed by the data connection.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use super::{
     cycle::{Applier, CycleError, Piece, ReplicaVolume, restore},
     fsops::Images,
+    resume::{Checkpoint, Frontier, check_offsets},
     wire::Begin,
 };
 use crate::{
@@ -43,10 +47,18 @@ pub enum SinkError {
     Fs(#[from] super::fsops::FsError),
 }
 
+/// A full copy records how far it got after this many bytes ([`Sink::checkpoint_bytes`])...
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ... or this long, whichever comes first.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Sink {
     pub store: Store,
     pub images: Box<dyn Images>,
     pub pool: PathBuf,
+    /// Bytes of a full copy between two checkpoints (fsync of the replicas, then the offsets
+    /// recorded); [`CHECKPOINT_BYTES`] in the agent.
+    pub checkpoint_bytes: u64,
 }
 
 /// A cycle being received.
@@ -54,6 +66,12 @@ pub struct Receiving {
     pub begin: Begin,
     applier: Applier,
     pub changed_bytes: u64,
+    /// Per volume, where the sender starts (an interrupted full copy of the same point).
+    pub resume: Vec<u64>,
+    /// A full copy's progress (none for a delta, or a sender that names no point).
+    frontier: Option<Frontier>,
+    unsynced: u64,
+    last_checkpoint: Instant,
 }
 
 impl Sink {
@@ -111,26 +129,90 @@ impl Sink {
                     .map_or("none".to_string(), |s| s.id.to_string())
             )));
         }
-        if let Some(flight) = self.store.in_flight(&b.vfs)? {
+        let resume = self.resumable(b, &volumes)?;
+        if resume.is_none()
+            && let Some(flight) = self.store.in_flight(&b.vfs)?
+        {
             // An interrupted cycle: the replicas are somewhere between two states.
             self.undo(&b.vfs, &volumes, latest.as_ref())?;
             self.store.abandon_cycle(&b.vfs)?;
             tracing::warn!(vfs = %b.vfs, event = "cycle_abandoned", cycle = flight.cycle,
                 "an interrupted cycle was undone from the last snapshot");
         }
-        if b.base.is_none() {
+        if b.base.is_none() && resume.is_none() {
             // A full copy: start from empty replicas (the snapshots keep the older states).
             for v in &volumes {
                 self.images.remove(&v.image)?;
             }
         }
         self.store.begin_cycle(&b.vfs, b.cycle, b.base)?;
+        // Leftovers of a commit interrupted before it was recorded (the cycle is above every
+        // recorded snapshot, so these are no snapshot's).
+        let dir = snapshot_dir(&self.pool, &b.vfs, b.cycle);
+        for v in &volumes {
+            self.images.remove(&dir.join(format!("{}.img", v.name)))?;
+        }
+        let sizes: Vec<u64> = volumes.iter().map(|v| v.size).collect();
+        let offsets = resume.unwrap_or_else(|| vec![0; volumes.len()]);
+        if offsets.iter().any(|&o| o > 0) {
+            tracing::info!(vfs = %b.vfs, event = "full_copy_resumed", cycle = b.cycle, offsets = ?offsets,
+                "the interrupted full copy of this point resumes where its replicas were synced");
+        }
+        let frontier =
+            (b.base.is_none() && b.point.is_some()).then(|| Frontier::new(sizes, offsets.clone()));
         let applier = Applier::begin(self.images.as_mut(), volumes, b.cycle)?;
         Ok(Receiving {
             begin: b.clone(),
             applier,
             changed_bytes: 0,
+            resume: offsets,
+            frontier,
+            unsynced: 0,
+            last_checkpoint: Instant::now(),
         })
+    }
+
+    /// The offsets an interrupted full copy of the same cycle and point resumes from, if its
+    /// progress was recorded and its replicas are there; `None` otherwise (said in the log when
+    /// there was something that could not be used).
+    fn resumable(
+        &mut self,
+        b: &Begin,
+        volumes: &[ReplicaVolume],
+    ) -> Result<Option<Vec<u64>>, SinkError> {
+        let Some(flight) = self.store.in_flight(&b.vfs)? else {
+            return Ok(None);
+        };
+        let (Some(point), None, None) = (b.point, b.base, flight.base) else {
+            return Ok(None);
+        };
+        if flight.cycle != b.cycle || flight.state != crate::state::CycleState::Receiving {
+            return Ok(None);
+        }
+        let Ok(recorded) = serde_json::from_value::<Checkpoint>(flight.progress.clone()) else {
+            return Ok(None); // nothing recorded yet
+        };
+        let sizes: Vec<u64> = volumes.iter().map(|v| v.size).collect();
+        let why_not = if recorded.point != point {
+            Some(format!(
+                "it was of point {}, the sender now ships point {point}",
+                recorded.point
+            ))
+        } else if let Err(e) = check_offsets(&recorded.offsets, &sizes, true) {
+            Some(format!("its recorded offsets are not usable: {e}"))
+        } else {
+            let unfit = |v: &&ReplicaVolume| {
+                !self.images.exists(&v.image) || self.images.size(&v.image).ok() != Some(v.size)
+            };
+            (volumes.iter().find(unfit))
+                .map(|v| format!("replica {} is missing or resized", v.image.display()))
+        };
+        if let Some(why) = why_not {
+            tracing::warn!(vfs = %b.vfs, event = "full_copy_restarted", cycle = b.cycle, reason = %why,
+                "the interrupted full copy cannot resume; it starts over");
+            return Ok(None);
+        }
+        Ok(Some(recorded.offsets))
     }
 
     /// Brings the replicas back to the last snapshot (or to nothing, before the first).
@@ -155,19 +237,59 @@ impl Sink {
     }
 
     pub fn apply(&mut self, r: &mut Receiving, piece: &Piece) -> Result<(), SinkError> {
+        if let Some(f) = r.frontier.as_mut() {
+            f.advance(piece).map_err(|e| SinkError::Refused {
+                vfs: r.begin.vfs.clone(),
+                what: format!("cycle {}: {e}", r.begin.cycle),
+            })?;
+        }
+        let before = r.applier.applied_bytes;
         r.applier.apply(self.images.as_mut(), piece)?;
         r.changed_bytes = r.applier.applied_bytes;
+        r.unsynced += r.applier.applied_bytes - before;
+        if r.frontier.is_some()
+            && (r.unsynced >= self.checkpoint_bytes
+                || r.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+        {
+            self.checkpoint(r)?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the replicas, then records how far the full copy got.
+    fn checkpoint(&mut self, r: &mut Receiving) -> Result<(), SinkError> {
+        let (Some(f), Some(point)) = (r.frontier.as_ref(), r.begin.point) else {
+            return Ok(());
+        };
+        for v in r.applier.volumes() {
+            self.images.fsync(&v.image)?;
+        }
+        let progress = Checkpoint {
+            point,
+            offsets: f.offsets().to_vec(),
+        };
+        let value = serde_json::to_value(&progress).unwrap_or_default();
+        self.store
+            .cycle_progress(&r.begin.vfs, r.begin.cycle, &value)?;
+        tracing::debug!(vfs = %r.begin.vfs, event = "full_copy_checkpoint", cycle = r.begin.cycle,
+            offsets = ?progress.offsets, "full copy progress recorded");
+        r.unsynced = 0;
+        r.last_checkpoint = Instant::now();
         Ok(())
     }
 
     pub fn volume_end(
         &mut self,
-        r: &Receiving,
+        r: &mut Receiving,
         volume: usize,
         blocks: u64,
         digest: &[u8; 32],
     ) -> Result<(), SinkError> {
-        Ok(r.applier.check_digest(volume, blocks, digest)?)
+        r.applier.check_digest(volume, blocks, digest)?;
+        if let Some(f) = r.frontier.as_mut() {
+            f.volume_done(volume);
+        }
+        Ok(())
     }
 
     /// Fsyncs the replicas, reflinks them into the snapshot and records it.

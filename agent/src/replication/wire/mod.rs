@@ -27,6 +27,7 @@
 //! | 0x05 | `Commit` | sender -> receiver | cycle u64 |
 //! | 0x81 | `Committed` | receiver -> sender | cycle u64, snapshot u64 |
 //! | 0x82 | `Refused` | receiver -> sender | reason, UTF-8 |
+//! | 0x83 | `Resume` | receiver -> sender | cycle u64, count u16, count x offset u64 |
 //!
 //! Codec bytes: 0 none, 1 zstd (level 1), 2 lz4 (block format); see [`super::codec`]. A `Data`
 //! frame decodes to at most [`MAX_DATA`] (8 MiB) bytes. `volume` is the index of the volume in
@@ -34,9 +35,14 @@
 //!
 //! # A cycle
 //!
-//! `Begin`, then for each volume its `Data` and `Zero` frames and a `VolumeEnd`, then `Commit`; the
-//! receiver answers `Committed` once the snapshot is safe, or `Refused` at any point (and closes).
-//! The order is the replication engine's to enforce; this module checks each frame on its own.
+//! `Begin`; the receiver answers `Resume` (or `Refused`) once it is ready to write; then for each
+//! volume its `Data` and `Zero` frames and a `VolumeEnd`, then `Commit`; the receiver answers
+//! `Committed` once the snapshot is safe, or `Refused` at any point (and closes). The order is
+//! the replication engine's to enforce; this module checks each frame on its own.
+//!
+//! `Resume` lists, per volume of `Begin`, the offset below which the receiver already holds the
+//! data of this very point (`Begin::point`) durably, from an interrupted full copy: the sender
+//! skips what lies below it. All zeros: nothing to skip (always so for a delta).
 //!
 //! `VolumeEnd` carries the number of `Data` and `Zero` frames sent for the volume (`blocks`) and a
 //! SHA-256 ([`VolumeDigest`]) over, for each of them in order: a tag byte (`D` or `Z`), the offset
@@ -85,6 +91,7 @@ const VOLUME_END: u8 = 0x04;
 const COMMIT: u8 = 0x05;
 const COMMITTED: u8 = 0x81;
 const REFUSED: u8 = 0x82;
+const RESUME: u8 = 0x83;
 
 /// Fixed fields of a `Data` payload: volume, offset, len, codec.
 const DATA_FIELDS: usize = 2 + 8 + 4 + 1;
@@ -106,6 +113,10 @@ pub struct Begin {
     pub epoch: u64,
     pub base: Option<u64>,
     pub volumes: Vec<VolumeInfo>,
+    /// The identity of the point in time the cycle ships (its clones at the sender): an
+    /// interrupted full copy resumes only into the same point. `None` never resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<u64>,
 }
 
 /// One frame, as [`FrameReader::next`] returns it (`Data` decoded).
@@ -140,6 +151,11 @@ pub enum Frame {
     Refused {
         reason: String,
     },
+    /// Per volume of `Begin`, the offset the sender starts at (see the module docs).
+    Resume {
+        cycle: u64,
+        offsets: Vec<u64>,
+    },
 }
 
 impl Frame {
@@ -153,6 +169,7 @@ impl Frame {
             Frame::Commit { .. } => "commit",
             Frame::Committed { .. } => "committed",
             Frame::Refused { .. } => "refused",
+            Frame::Resume { .. } => "resume",
         }
     }
 }
@@ -167,6 +184,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         COMMIT => "commit",
         COMMITTED => "committed",
         REFUSED => "refused",
+        RESUME => "resume",
         _ => return None,
     })
 }
