@@ -131,9 +131,12 @@ fn start_pair(p: &Pair) -> anyhow::Result<(Agent, Agent)> {
 }
 
 fn replicate(agent: &Agent) -> anyhow::Result<Value> {
-    Ok(serde_json::from_str(
-        &agent.cli(["replicate", "fs1", "--now", "--json"])?,
-    )?)
+    Ok(serde_json::from_str(&agent.cli([
+        "replicate",
+        "fs1",
+        "--now",
+        "--json",
+    ])?)?)
 }
 
 /// `vfsdr replicate fs1 --now` against `agent`, running in the background.
@@ -233,21 +236,31 @@ fn snapshot_holds(image: &Path, at: &Path, expected: &Path) -> anyhow::Result<()
     Ok(())
 }
 
-#[test]
-#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
-fn a_full_copy_interrupted_by_kill_9_of_the_active_agent_resumes() -> anyhow::Result<()> {
+/// A full copy interrupted by kill -9 of the active agent (`kill_active`) or of the DR agent,
+/// both restarted: the next attempt resumes after what the DR site had synced, from the same
+/// point, and its snapshot equals that point's clone.
+fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
     require_root()?;
-    let p = pair("crash-src")?;
+    let p = pair(name)?;
     let (agent_a, agent_b) = start_pair(&p)?;
     p.write("big", BIG_MIB)?;
     let cli = replicate_in_background(&agent_a)?;
     let progress = wait_shipped(&agent_a, 110 * MIB)?;
     ensure!(progress["full"] == true, "{progress}");
-    kill_9(agent_a)?;
-    wait_failed(cli, Duration::from_secs(30))?;
-    ensure!(snapshot_ids(&agent_b)?.is_empty(), "a snapshot of half a copy");
+    let (agent_a, agent_b) = if kill_active {
+        kill_9(agent_a)?;
+        wait_failed(cli, Duration::from_secs(30))?;
+        (Agent::start(&p.a, &p.a_config)?, agent_b)
+    } else {
+        kill_9(agent_b)?;
+        wait_failed(cli, Duration::from_secs(30))?;
+        (agent_a, Agent::start(&p.b, &p.b_config)?)
+    };
+    ensure!(
+        snapshot_ids(&agent_b)?.is_empty(),
+        "a snapshot of half a copy"
+    );
 
-    let agent_a = Agent::start(&p.a, &p.a_config)?;
     let r = replicate(&agent_a)?;
     ensure!(r["full"] == true && r["cycle"] == 1, "{r}");
     let resumed = r["resumed_bytes"].as_u64().unwrap_or(0);
@@ -255,16 +268,16 @@ fn a_full_copy_interrupted_by_kill_9_of_the_active_agent_resumes() -> anyhow::Re
         resumed >= 64 * MIB,
         "the copy started over instead of resuming: {r}"
     );
+    let (log_a, log_b) = (agent_a.log_text(), agent_b.log_text());
     ensure!(
-        agent_a.log_text().contains("pending_point_reused"),
-        "the restarted agent took a new point:\n{}",
-        agent_a.log_text()
+        log_a.contains("pending_point_reused"),
+        "the active site took a new point:\n{log_a}"
     );
     ensure!(
-        agent_b.log_text().contains("full_copy_resumed"),
-        "{}",
-        agent_b.log_text()
+        log_a.contains("sync_progress"),
+        "no progress events:\n{log_a}"
     );
+    ensure!(log_b.contains("full_copy_resumed"), "{log_b}");
     p.check_snapshot(&r)?;
     // And the next cycle is an ordinary delta on it.
     p.write("after", 4)?;
@@ -273,6 +286,18 @@ fn a_full_copy_interrupted_by_kill_9_of_the_active_agent_resumes() -> anyhow::Re
     p.check_snapshot(&r2)?;
     eprintln!("resumed after {} MiB of {BIG_MIB} MiB", resumed / MIB);
     Ok(())
+}
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn a_full_copy_interrupted_by_kill_9_of_the_active_agent_resumes() -> anyhow::Result<()> {
+    full_copy_interrupted("crash-src", true)
+}
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn a_full_copy_interrupted_by_kill_9_of_the_dr_agent_resumes() -> anyhow::Result<()> {
+    full_copy_interrupted("crash-dst", false)
 }
 
 #[test]
@@ -295,7 +320,11 @@ fn a_cycle_interrupted_by_kill_9_of_the_dr_agent_leaves_the_last_snapshot() -> a
     eprintln!("the interrupted cycle failed: {}", error.trim());
 
     let agent_b = Agent::start(&p.b, &p.b_config)?;
-    ensure!(snapshot_ids(&agent_b)? == [1], "{:?}", snapshot_ids(&agent_b));
+    ensure!(
+        snapshot_ids(&agent_b)? == [1],
+        "{:?}",
+        snapshot_ids(&agent_b)
+    );
     let check = p.lab.dir().join("check");
     snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
 
@@ -335,7 +364,11 @@ fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> 
         cut.elapsed().as_secs_f64(),
         error.trim()
     );
-    ensure!(snapshot_ids(&agent_b)? == [1], "{:?}", snapshot_ids(&agent_b));
+    ensure!(
+        snapshot_ids(&agent_b)? == [1],
+        "{:?}",
+        snapshot_ids(&agent_b)
+    );
     let check = p.lab.dir().join("check");
     snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
 
