@@ -21,6 +21,7 @@ pub mod extents;
 pub mod fake_fs;
 pub mod fsops;
 pub mod progress;
+mod redo;
 pub mod resume;
 pub mod retention;
 pub mod session;

@@ -18,7 +18,7 @@ use super::{
     codec::Codec,
     cycle::{CycleError, Piece},
     resume::check_offsets,
-    sink::{Sink, SinkError},
+    sink::{Began, Sink, SinkError},
     wire::{Begin, Frame, FrameReader, FrameWriter, WireError, WireStats, check_bounds},
 };
 use crate::state::Snapshot;
@@ -114,6 +114,11 @@ where
         within(FRAME_TIMEOUT, writer.flush()).await?;
         let offsets = match next_within(&mut reader, BEGIN_TIMEOUT).await? {
             Frame::Resume { cycle, offsets } if cycle == begin.cycle => offsets,
+            // The DR site committed this very point already (its answer was lost).
+            Frame::Committed { cycle, snapshot } if cycle == begin.cycle => {
+                resumed = begin.volumes.iter().map(|v| v.size).collect();
+                return Ok(Some(snapshot));
+            }
             Frame::Refused { reason } => {
                 return Err(SessionError::Refused {
                     cycle: begin.cycle,
@@ -154,12 +159,21 @@ where
             within(FRAME_TIMEOUT, writer.volume_end(v as u16)).await?;
         }
         within(FRAME_TIMEOUT, writer.commit(begin.cycle)).await?;
-        Ok::<(), SessionError>(())
+        Ok::<_, SessionError>(None)
     }
     .await;
-    if let Err(e @ SessionError::Refused { .. }) = sent {
-        return Err(e);
-    }
+    let sent = match sent {
+        Err(e @ SessionError::Refused { .. }) => return Err(e),
+        Ok(Some(snapshot)) => {
+            return Ok(Sent {
+                snapshot,
+                stats: writer.stats(),
+                resumed,
+            });
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
     // Whether sending worked or not, the DR site may have said why it stopped.
     // Committing fsyncs and reflinks every replica: allow it time.
     let limit = if sent.is_ok() {
@@ -190,8 +204,16 @@ where
     }
 }
 
+/// The DR site's answer to `Begin`.
+enum Ready {
+    /// Receive from these offsets.
+    Resume(Vec<u64>),
+    /// This point is committed already.
+    Committed(Snapshot),
+}
+
 enum Job {
-    Begin(String, Begin, oneshot::Sender<Result<Vec<u64>, SinkError>>),
+    Begin(String, Begin, oneshot::Sender<Result<Ready, SinkError>>),
     Piece(Piece),
     VolumeEnd(usize, u64, [u8; 32]),
     Commit(u64, oneshot::Sender<Result<Snapshot, SinkError>>),
@@ -251,7 +273,10 @@ async fn receive_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     jobs.send(Job::Begin(from.to_owned(), begin.clone(), tx))
         .await
         .map_err(|_| SessionError::SinkGone)?;
-    let offsets = rx.await.map_err(|_| SessionError::SinkGone)??;
+    let offsets = match rx.await.map_err(|_| SessionError::SinkGone)?? {
+        Ready::Resume(offsets) => offsets,
+        Ready::Committed(snapshot) => return Ok(snapshot),
+    };
     within(FRAME_TIMEOUT, writer.resume(cycle, &offsets)).await?;
     loop {
         let frame = next_within(reader, FRAME_TIMEOUT).await?;
@@ -307,16 +332,22 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
     let mut failed: Option<SinkError> = None;
     while let Some(job) = jobs.blocking_recv() {
         match job {
-            Job::Begin(from, b, reply) => {
-                let r = sink.begin(&from, &b);
-                let _ = reply.send(r.as_ref().map(|r| r.resume.clone()).map_err(|e| {
-                    SinkError::Refused {
+            Job::Begin(from, b, reply) => match sink.begin(&from, &b) {
+                Ok(Began::Receiving(r)) => {
+                    let _ = reply.send(Ok(Ready::Resume(r.resume.clone())));
+                    receiving = Some(r);
+                }
+                Ok(Began::Committed(s)) => {
+                    let _ = reply.send(Ok(Ready::Committed(s)));
+                    return Ok(());
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(SinkError::Refused {
                         vfs: b.vfs.clone(),
                         what: e.to_string(),
-                    }
-                }));
-                receiving = r.ok();
-            }
+                    }));
+                }
+            },
             Job::Piece(p) => {
                 if failed.is_none()
                     && let Some(r) = receiving.as_mut()

@@ -358,3 +358,83 @@ async fn the_sender_ignores_resume_offsets_beyond_a_volume_and_refuses_another_c
         }
     }
 }
+
+/// A cycle of `point` (identity `id`) on `prev` (snapshot `base`), run to its end.
+async fn ship(
+    w: &World,
+    prev: Option<&Point>,
+    point: &Point,
+    base: Option<u64>,
+    id: u64,
+) -> (Result<Sent, SessionError>, Result<u64, SessionError>) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let mut src = w.src.clone();
+    let d = delta(&mut src, prev, point).unwrap();
+    let begin = Begin {
+        point: Some(id),
+        ..w.begin(point.cycle, base)
+    };
+    let sink = w.sink();
+    let pieces = move |offsets: &[u64]| {
+        let all: Vec<_> = Pieces::new(&mut src, point, skip_below(&d, offsets)).collect();
+        all.into_iter()
+    };
+    let (sent, got) = tokio::join!(send(a, &begin, pieces, Codec::Lz4, None), async move {
+        receive(b, "site-a", sink).await
+    });
+    (sent, got.map(|s| s.id))
+}
+
+#[tokio::test]
+async fn a_point_committed_already_is_answered_without_shipping_it_again() {
+    let mut w = world();
+    let p1 = eight_mib(&mut w);
+    let (sent, _) = ship(&w, None, &p1, None, 77).await;
+    assert_eq!(sent.unwrap().snapshot, 1);
+    // The answer was lost: the sender offers the same point again.
+    let (sent, got) = ship(&w, None, &p1, None, 77).await;
+    let sent = sent.unwrap();
+    assert_eq!((sent.snapshot, got.unwrap()), (1, 1));
+    assert_eq!(sent.stats.data_bytes, 0);
+    assert_eq!(
+        Store::open(w.dir.path())
+            .unwrap()
+            .snapshots("fs1")
+            .unwrap()
+            .len(),
+        1
+    );
+    // Another point as cycle 1 again would replace the only snapshot: refused, kept.
+    let (sent, _) = ship(&w, None, &p1, None, 78).await;
+    assert!(sent.is_err());
+    let snap = PathBuf::from("/b/pool/snapshots/fs1/1/data.img");
+    assert_eq!(w.dst.content(&snap), w.src.content(&p1.clones[0]));
+}
+
+#[tokio::test]
+async fn a_delta_whose_commit_answer_was_lost_is_replaced_by_the_next_point() {
+    let mut w = world();
+    let p1 = eight_mib(&mut w);
+    ship(&w, None, &p1, None, 77).await.0.unwrap();
+    let img = w.vols[0].image.clone();
+    w.src.write_user(&img, 9 * MIB, &[5u8; 8192]).unwrap();
+    let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    ship(&w, Some(&p1), &p2, Some(1), 80).await.0.unwrap();
+    // The sender never learned of snapshot 2: it ships a later point as cycle 2 on snapshot 1.
+    w.src.write_user(&img, 12 * MIB, &[6u8; 4096]).unwrap();
+    w.src.remove(&p2.clones[0]).unwrap();
+    let p2b = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    let (sent, got) = ship(&w, Some(&p1), &p2b, Some(1), 81).await;
+    assert_eq!((sent.unwrap().snapshot, got.unwrap()), (2, 2));
+    let snap = PathBuf::from("/b/pool/snapshots/fs1/2/data.img");
+    assert_eq!(w.dst.content(&snap), w.src.content(&p2b.clones[0]));
+    let store = Store::open(w.dir.path()).unwrap();
+    let ids: Vec<u64> = store
+        .snapshots("fs1")
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(store.snapshot_point("fs1", 2).unwrap(), Some(81));
+}

@@ -10,7 +10,8 @@ use std::{
 use super::{
     cycle::{Applier, CycleError, Piece, ReplicaVolume, restore},
     fsops::Images,
-    resume::{Checkpoint, Frontier, check_offsets},
+    redo,
+    resume::{Checkpoint, Frontier},
     wire::Begin,
 };
 use crate::{
@@ -61,6 +62,14 @@ pub struct Sink {
     pub checkpoint_bytes: u64,
 }
 
+/// What [`Sink::begin`] made of a cycle.
+pub enum Began {
+    /// Ready to receive its data.
+    Receiving(Receiving),
+    /// This very point was committed already (the sender did not get the answer).
+    Committed(Snapshot),
+}
+
 /// A cycle being received.
 pub struct Receiving {
     pub begin: Begin,
@@ -76,7 +85,7 @@ pub struct Receiving {
 
 impl Sink {
     /// Accepts (or refuses) the cycle `b` from site `from`, undoing an interrupted one first.
-    pub fn begin(&mut self, from: &str, b: &Begin) -> Result<Receiving, SinkError> {
+    pub fn begin(&mut self, from: &str, b: &Begin) -> Result<Began, SinkError> {
         let refuse = |what: String| SinkError::Refused {
             vfs: b.vfs.clone(),
             what,
@@ -117,7 +126,14 @@ impl Sink {
                 b.cycle
             )));
         }
-        let latest = self.store.latest_snapshot(&b.vfs)?;
+        let mut latest = self.store.latest_snapshot(&b.vfs)?;
+        if let Some(done) = redo::already_committed(self, b, latest.as_ref())? {
+            return Ok(Began::Committed(done));
+        }
+        let dropped = redo::drop_unacknowledged(self, b)?;
+        if dropped {
+            latest = self.store.latest_snapshot(&b.vfs)?;
+        }
         if let Some(base) = b.base
             && latest.as_ref().map(|s| s.id) != Some(base)
         {
@@ -129,7 +145,7 @@ impl Sink {
                     .map_or("none".to_string(), |s| s.id.to_string())
             )));
         }
-        let resume = self.resumable(b, &volumes)?;
+        let resume = redo::resumable(self, b, &volumes)?;
         if resume.is_none()
             && let Some(flight) = self.store.in_flight(&b.vfs)?
         {
@@ -138,6 +154,9 @@ impl Sink {
             self.store.abandon_cycle(&b.vfs)?;
             tracing::warn!(vfs = %b.vfs, event = "cycle_abandoned", cycle = flight.cycle,
                 "an interrupted cycle was undone from the last snapshot");
+        } else if dropped {
+            // The replicas hold a dropped snapshot's state.
+            self.undo(&b.vfs, &volumes, latest.as_ref())?;
         }
         if b.base.is_none() && resume.is_none() {
             // A full copy: start from empty replicas (the snapshots keep the older states).
@@ -146,6 +165,15 @@ impl Sink {
             }
         }
         self.store.begin_cycle(&b.vfs, b.cycle, b.base)?;
+        if let (Some(point), None) = (b.point, &resume) {
+            // The point is on record from the start (a commit records it with the snapshot).
+            let start = Checkpoint {
+                point,
+                offsets: vec![0; volumes.len()],
+            };
+            let value = serde_json::to_value(&start).unwrap_or_default();
+            self.store.cycle_progress(&b.vfs, b.cycle, &value)?;
+        }
         // Leftovers of a commit interrupted before it was recorded (the cycle is above every
         // recorded snapshot, so these are no snapshot's).
         let dir = snapshot_dir(&self.pool, &b.vfs, b.cycle);
@@ -161,7 +189,7 @@ impl Sink {
         let frontier =
             (b.base.is_none() && b.point.is_some()).then(|| Frontier::new(sizes, offsets.clone()));
         let applier = Applier::begin(self.images.as_mut(), volumes, b.cycle)?;
-        Ok(Receiving {
+        Ok(Began::Receiving(Receiving {
             begin: b.clone(),
             applier,
             changed_bytes: 0,
@@ -169,54 +197,11 @@ impl Sink {
             frontier,
             unsynced: 0,
             last_checkpoint: Instant::now(),
-        })
-    }
-
-    /// The offsets an interrupted full copy of the same cycle and point resumes from, if its
-    /// progress was recorded and its replicas are there; `None` otherwise (said in the log when
-    /// there was something that could not be used).
-    fn resumable(
-        &mut self,
-        b: &Begin,
-        volumes: &[ReplicaVolume],
-    ) -> Result<Option<Vec<u64>>, SinkError> {
-        let Some(flight) = self.store.in_flight(&b.vfs)? else {
-            return Ok(None);
-        };
-        let (Some(point), None, None) = (b.point, b.base, flight.base) else {
-            return Ok(None);
-        };
-        if flight.cycle != b.cycle || flight.state != crate::state::CycleState::Receiving {
-            return Ok(None);
-        }
-        let Ok(recorded) = serde_json::from_value::<Checkpoint>(flight.progress.clone()) else {
-            return Ok(None); // nothing recorded yet
-        };
-        let sizes: Vec<u64> = volumes.iter().map(|v| v.size).collect();
-        let why_not = if recorded.point != point {
-            Some(format!(
-                "it was of point {}, the sender now ships point {point}",
-                recorded.point
-            ))
-        } else if let Err(e) = check_offsets(&recorded.offsets, &sizes, true) {
-            Some(format!("its recorded offsets are not usable: {e}"))
-        } else {
-            let unfit = |v: &&ReplicaVolume| {
-                !self.images.exists(&v.image) || self.images.size(&v.image).ok() != Some(v.size)
-            };
-            (volumes.iter().find(unfit))
-                .map(|v| format!("replica {} is missing or resized", v.image.display()))
-        };
-        if let Some(why) = why_not {
-            tracing::warn!(vfs = %b.vfs, event = "full_copy_restarted", cycle = b.cycle, reason = %why,
-                "the interrupted full copy cannot resume; it starts over");
-            return Ok(None);
-        }
-        Ok(Some(recorded.offsets))
+        }))
     }
 
     /// Brings the replicas back to the last snapshot (or to nothing, before the first).
-    fn undo(
+    pub(super) fn undo(
         &mut self,
         _vfs: &str,
         volumes: &[ReplicaVolume],
@@ -339,6 +324,16 @@ impl Sink {
             .map_or(0, |d| d.as_secs());
         let drop = super::retention::prune(&committed, &stored.def.snapshots, now);
         self.store.mark_pruning(vfs, &drop)?;
+        let removed = self.remove_marked(vfs)?;
+        if !removed.is_empty() {
+            tracing::info!(vfs = %vfs, event = "snapshots_pruned", count = removed.len(), ids = ?removed,
+                "snapshots outside the retention grid removed");
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the files of the snapshots marked `pruning`, then forgets them.
+    pub(super) fn remove_marked(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
         let mut removed = Vec::new();
         for s in self
             .store
@@ -352,10 +347,6 @@ impl Sink {
             let _ = self.images.remove_dir(&snapshot_dir(&self.pool, vfs, s.id));
             self.store.forget_snapshot(vfs, s.id)?;
             removed.push(s.id);
-        }
-        if !removed.is_empty() {
-            tracing::info!(vfs = %vfs, event = "snapshots_pruned", count = removed.len(), ids = ?removed,
-                "snapshots outside the retention grid removed");
         }
         Ok(removed)
     }

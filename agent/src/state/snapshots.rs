@@ -429,6 +429,13 @@ impl Store {
                 ),
                 params![vfs, id, created, epoch_db, json, changed, shipped],
             )?;
+            exec(
+                db,
+                "INSERT INTO snapshot_point (vfs, id, point)
+                 SELECT vfs, ?2, json_extract(progress, '$.point') FROM cycle
+                 WHERE vfs = ?1 AND json_type(progress, '$.point') = 'integer'",
+                params![vfs, id],
+            )?;
             exec(db, "DELETE FROM cycle WHERE vfs = ?1", [vfs])?;
             Ok(Snapshot {
                 vfs: vfs.to_string(),
@@ -455,6 +462,21 @@ impl Store {
                 [vfs],
             )?))
         })
+    }
+
+    /// The identity of the point snapshot `id` of `vfs` was made from, if its cycle's progress
+    /// named one (`$.point`, see [`Store::cycle_progress`]) when it was committed.
+    pub fn snapshot_point(&self, vfs: &str, id: u64) -> Result<Option<u64>, StateError> {
+        let id_db = to_db(vfs, "snapshot id", id)?;
+        let op = || format!("read the point of snapshot {id} of VFS {vfs}");
+        let db = self.read(&op);
+        let sql = "SELECT point FROM snapshot_point WHERE vfs = ?1 AND id = ?2";
+        let point: Option<i64> = db
+            .conn
+            .query_row(sql, params![vfs, id_db], |row| row.get(0))
+            .optional()
+            .map_err(|e| db.fail(e))?;
+        point.map(|p| db.u64(vfs, "snapshot point", p)).transpose()
     }
 
     /// The snapshots of `vfs` by id, those being pruned included (none for an unknown VFS).

@@ -75,6 +75,7 @@ fn migrating_a_version_1_database_keeps_its_data() {
             "reservation",
             "shortage",
             "snapshot",
+            "snapshot_point",
             "source_cycle",
             "vfs"
         ]
