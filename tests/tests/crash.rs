@@ -150,6 +150,22 @@ fn replicate_in_background(agent: &Agent) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
+/// Runs `vfsdr ARGS --socket SOCKET` on a pseudo-terminal (`script`); returns what it showed.
+fn on_a_terminal(agent: &Agent, args: &str) -> anyhow::Result<String> {
+    let line = format!(
+        "{} {args} --socket {}",
+        vfsdr_bin()?.display(),
+        agent.socket().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "`{line}` failed:\n{text}");
+    Ok(text)
+}
+
 /// Waits until the running cycle of fs1 at `agent` shipped at least `bytes`; returns its
 /// progress.
 fn wait_shipped(agent: &Agent, bytes: u64) -> anyhow::Result<Value> {
@@ -247,6 +263,11 @@ fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
     let cli = replicate_in_background(&agent_a)?;
     let progress = wait_shipped(&agent_a, 110 * MIB)?;
     ensure!(progress["full"] == true, "{progress}");
+    let text = agent_a.cli(["status"])?;
+    ensure!(
+        text.contains("running cycles") && text.contains("fs1 cycle 1 full ["),
+        "{text}"
+    );
     let (agent_a, agent_b) = if kill_active {
         kill_9(agent_a)?;
         wait_failed(cli, Duration::from_secs(30))?;
@@ -261,7 +282,27 @@ fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
         "a snapshot of half a copy"
     );
 
-    let r = replicate(&agent_a)?;
+    let r = if kill_active {
+        // On a terminal, `replicate --now` draws the progress line.
+        let out = on_a_terminal(&agent_a, "replicate fs1 --now")?;
+        ensure!(
+            out.contains("fs1 cycle 1 full [") && out.contains("% ") && out.contains("/s, "),
+            "no progress line on the terminal:\n{out}"
+        );
+        ensure!(out.contains("the interrupted copy resumed"), "{out}");
+        let lines: Vec<&str> = out
+            .split(['\r', '\n'])
+            .filter(|l| l.contains('%'))
+            .collect();
+        eprintln!("on the terminal, last progress line: {:?}", lines.last());
+        let status = agent_a.status()?;
+        let last = status["replication"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["vfs"] == "fs1"));
+        last.context("no cycle in the status")?.clone()
+    } else {
+        replicate(&agent_a)?
+    };
     ensure!(r["full"] == true && r["cycle"] == 1, "{r}");
     let resumed = r["resumed_bytes"].as_u64().unwrap_or(0);
     ensure!(
@@ -337,6 +378,44 @@ fn a_cycle_interrupted_by_kill_9_of_the_dr_agent_leaves_the_last_snapshot() -> a
         "{}",
         agent_b.log_text()
     );
+    Ok(())
+}
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn a_cycle_interrupted_by_kill_9_of_the_active_agent_is_redone() -> anyhow::Result<()> {
+    require_root()?;
+    let p = pair("crash-src-delta")?;
+    let (agent_a, agent_b) = start_pair(&p)?;
+    p.write("first", 4)?;
+    let r1 = replicate(&agent_a)?;
+    let before = p.lab.dir().join("before");
+    sh(&format!("cp -a '{}' '{}'", p.mount(), before.display()))?;
+
+    p.write("big", BIG_MIB)?;
+    let cli = replicate_in_background(&agent_a)?;
+    wait_shipped(&agent_a, 50 * MIB)?;
+    kill_9(agent_a)?;
+    wait_failed(cli, Duration::from_secs(30))?;
+    ensure!(
+        snapshot_ids(&agent_b)? == [1],
+        "{:?}",
+        snapshot_ids(&agent_b)
+    );
+    ensure!(
+        p.clone_of(&Value::from(2)).exists(),
+        "the killed agent left no clone of cycle 2 behind"
+    );
+    let check = p.lab.dir().join("check");
+    snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
+
+    // The restarted agent redoes cycle 2 from a new point (the clones the killed one left
+    // behind are replaced), on snapshot 1.
+    let agent_a = Agent::start(&p.a, &p.a_config)?;
+    let r2 = replicate(&agent_a)?;
+    ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
+    p.check_snapshot(&r2)?;
+    snapshot_holds(&p.snapshot(&r2["snapshot"]), &check, p.vol.mount_point())?;
     Ok(())
 }
 

@@ -213,6 +213,12 @@ pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
                     r.freeze_window_ms,
                     r.duration_ms as f64 / 1000.0
                 );
+                if r.resumed_bytes > 0 {
+                    println!(
+                        "the interrupted copy resumed: {} were at the DR site already",
+                        super::show::bytes(r.resumed_bytes as f64)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
