@@ -30,10 +30,7 @@ pub struct EbpfProbes {
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map {
-        map,
-        source: Box::new(source),
-    }
+    move |source| ProbeError::Map { map, source: Box::new(source) }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -50,10 +47,7 @@ fn attach(
     category: &str,
     tp: &str,
 ) -> Result<(), ProbeError> {
-    let err = |source| ProbeError::Program {
-        program,
-        source: Box::new(source),
-    };
+    let err = |source| ProbeError::Program { program, source: Box::new(source) };
     let p: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(ProbeError::Program {
