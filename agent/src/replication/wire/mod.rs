@@ -20,7 +20,7 @@
 //!
 //! | kind | frame | direction | payload |
 //! |---|---|---|---|
-//! | 0x01 | `Begin` | sender -> receiver | JSON `{vfs, cycle, epoch, base, volumes: [{name, size}]}` |
+//! | 0x01 | `Begin` | sender -> receiver | JSON `{vfs, cycle, epoch, base, volumes: [{name, size}], point}` |
 //! | 0x02 | `Data` | sender -> receiver | volume u16, offset u64, len u32 (decoded), codec u8, encoded bytes |
 //! | 0x03 | `Zero` | sender -> receiver | volume u16, offset u64, len u64 |
 //! | 0x04 | `VolumeEnd` | sender -> receiver | volume u16, blocks u64, digest [32] |
@@ -42,7 +42,9 @@
 //!
 //! `Resume` lists, per volume of `Begin`, the offset below which the receiver already holds the
 //! data of this very point (`Begin::point`) durably, from an interrupted full copy: the sender
-//! skips what lies below it. All zeros: nothing to skip (always so for a delta).
+//! skips what lies below it. All zeros: nothing to skip (always so for a delta). The receiver
+//! may also answer `Begin` with `Committed` at once: it committed this very point already (the
+//! sender did not get that answer), and nothing more is sent.
 //!
 //! `VolumeEnd` carries the number of `Data` and `Zero` frames sent for the volume (`blocks`) and a
 //! SHA-256 ([`VolumeDigest`]) over, for each of them in order: a tag byte (`D` or `Z`), the offset
