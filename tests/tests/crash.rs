@@ -176,10 +176,16 @@ fn a_cycle_interrupted_by_kill_9_of_the_active_agent_is_redone() -> anyhow::Resu
     let check = p.lab.dir().join("check");
     snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
 
-    // The restarted agent redoes cycle 2 from a new point (the clones the killed one left
-    // behind are replaced), on snapshot 1.
-    let agent_a = Agent::start(&p.a, &p.a_config)?;
-    let r2 = replicate(&agent_a)?;
+    // As if it had been killed inside the freeze window, too.
+    sh(&format!("fsfreeze -f '{}'", p.mount()))?;
+    // The restarted agent thaws the volume and redoes cycle 2 from a new point (the clones the
+    // killed one left behind are replaced), on snapshot 1.
+    let redone = Agent::start(&p.a, &p.a_config).and_then(|agent| Ok((replicate(&agent)?, agent)));
+    if redone.is_err() {
+        // Never leave the lab a frozen file system to unmount.
+        let _ = sh(&format!("fsfreeze -u '{}'", p.mount()));
+    }
+    let (r2, _agent_a) = redone?;
     ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
     p.check_snapshot(&r2)?;
     snapshot_holds(&p.snapshot(&r2["snapshot"]), &check, p.vol.mount_point())?;

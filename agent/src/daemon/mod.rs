@@ -205,7 +205,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                         report.peers = l.status.snapshot();
                     }
                     report.replication = cycles.last.values().cloned().collect();
-                    report.progress = cycles.progress.values().map(|p| p.report()).collect();
+                    // A cycle shows once its size is known (cycles are numbered from 1).
+                    report.progress = cycles.progress.values().map(|p| p.report()).filter(|r| r.cycle > 0).collect();
                     let _ = reply.send(Response::Status(report));
                 }
                 Handled::Now(response) => { let _ = reply.send(response); }

@@ -242,6 +242,12 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleReport, CycleFailure> {
             for v in &volumes {
                 images.remove(&clone_path(&clones_dir, cycle, &v.name))?;
             }
+            // An agent killed inside the freeze window left the volumes frozen (and the
+            // pre-flush would wait forever): thaw them; thawing one not frozen does nothing.
+            let mounts: Vec<PathBuf> = volumes.iter().map(|v| v.mount.clone()).collect();
+            if let Err(e) = images.thaw_all(&mounts) {
+                tracing::warn!(vfs = %vfs, event = "thaw_failed", error = %e, "cannot thaw the volumes before the cycle");
+            }
             let point = take_point(&mut images, &volumes, cycle, &clones_dir)?;
             let id = new_point_id();
             let taken = std::time::SystemTime::now()
