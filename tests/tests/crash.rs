@@ -242,3 +242,60 @@ fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> 
     snapshot_holds(&p.snapshot(&r2["snapshot"]), &check, p.vol.mount_point())?;
     Ok(())
 }
+
+#[test]
+#[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
+fn a_full_copy_whose_commit_answer_was_lost_is_not_shipped_again() -> anyhow::Result<()> {
+    require_root()?;
+    let p = pair("crash-ack")?;
+    let (agent_a, agent_b) = start_pair(&p)?;
+    p.write("first", 16)?;
+    let r1 = replicate(&agent_a)?;
+    ensure!(r1["full"] == true && r1["cycle"] == 1, "{r1}");
+    agent_a.stop()?;
+    // The active site's store as a kill -9 between the DR site's commit and its answer leaves
+    // it (that moment is too short to hit with a kill): the full copy still pending, with the
+    // point the DR site recorded.
+    let point = sh(&format!(
+        "sqlite3 '{}' \"SELECT point FROM snapshot_point WHERE vfs = 'fs1' AND id = 1\"",
+        p.b.state_dir().join("vfsdr.db").display()
+    ))?;
+    let point: u64 = point
+        .trim()
+        .parse()
+        .context("the DR site recorded no point")?;
+    let clone = p.clone_of(&Value::from(1));
+    sh(&format!(
+        "sqlite3 '{}' \"UPDATE source_cycle SET last_acked = NULL, initial_done = 0, clone = 'null', \
+         pending = json_object('cycle', 1, 'point', {point}, 'clones', json_array('{}'), 'taken_unix', 0) \
+         WHERE vfs = 'fs1'\"",
+        p.a.state_dir().join("vfsdr.db").display(),
+        clone.display()
+    ))?;
+
+    let agent_a = Agent::start(&p.a, &p.a_config)?;
+    let r = replicate(&agent_a)?;
+    ensure!(
+        r["cycle"] == 1 && r["snapshot"] == 1 && r["full"] == true,
+        "{r}"
+    );
+    ensure!(
+        r["wire_bytes"].as_u64().unwrap_or(u64::MAX) < 64 * 1024,
+        "the copy was shipped again: {r}"
+    );
+    ensure!(
+        agent_b.log_text().contains("cycle_already_committed"),
+        "{}",
+        agent_b.log_text()
+    );
+    ensure!(
+        snapshot_ids(&agent_b)? == [1],
+        "{:?}",
+        snapshot_ids(&agent_b)
+    );
+    p.write("after", 4)?;
+    let r2 = replicate(&agent_a)?;
+    ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
+    p.check_snapshot(&r2)?;
+    Ok(())
+}
