@@ -147,6 +147,9 @@ pub struct StatusReport {
     /// The volumes of the VFSs active here: mounted, or what is missing.
     #[serde(default)]
     pub vfs_volumes: Vec<crate::daemon::VfsVolumeStatus>,
+    /// The replication cycles running now, with how far each got.
+    #[serde(default)]
+    pub progress: Vec<crate::replication::progress::ProgressReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

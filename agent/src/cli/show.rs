@@ -1,7 +1,11 @@
 //! Human-readable renderings of API answers.
 use std::fmt::Write as _;
 
-use crate::{api::StatusReport, replication::gap::GapResult, tracking::Changes};
+use crate::{
+    api::{Request, Response, StatusReport},
+    replication::{gap::GapResult, progress::ProgressReport},
+    tracking::Changes,
+};
 
 /// `1.5 MiB` style sizes.
 pub fn bytes(n: f64) -> String {
@@ -140,6 +144,12 @@ pub fn status(r: &StatusReport) -> String {
             );
         }
     }
+    if !r.progress.is_empty() {
+        let _ = writeln!(o, "\nrunning cycles:");
+        for p in &r.progress {
+            let _ = writeln!(o, "  {}", progress_line(p));
+        }
+    }
     let p = &r.tracking.probes;
     let _ = writeln!(
         o,
@@ -179,6 +189,59 @@ pub fn tracker_check(c: &GapResult) -> String {
     }
 }
 
+/// One line of a running cycle: `fs1 cycle 1 full [#####     ] 52.0% 1.0 GiB of 2.0 GiB,
+/// 95.2 MiB/s, 11 s left (resumed after 512.0 MiB)`.
+pub fn progress_line(p: &ProgressReport) -> String {
+    const WIDTH: usize = 24;
+    let filled = ((p.percent / 100.0) * WIDTH as f64)
+        .round()
+        .clamp(0.0, WIDTH as f64) as usize;
+    let mut line = format!(
+        "{} cycle {} {} [{}{}] {:5.1}% {} of {}, {}/s, {}",
+        p.vfs,
+        p.cycle,
+        if p.full { "full" } else { "incremental" },
+        "#".repeat(filled),
+        " ".repeat(WIDTH - filled),
+        p.percent,
+        bytes(p.done_bytes as f64),
+        bytes(p.total_bytes as f64),
+        bytes(p.rate_bytes_per_s),
+        p.eta_s
+            .map_or("time left unknown".into(), |s| format!("{s} s left")),
+    );
+    if p.resumed_bytes > 0 {
+        let _ = write!(line, " (resumed after {})", bytes(p.resumed_bytes as f64));
+    }
+    line
+}
+
+/// Until `stop` is set, shows the progress of `vfs`'s running cycle on one terminal line of
+/// stderr (rewritten in place), polling the agent's status; clears the line at the end.
+pub fn watch_progress(socket: &std::path::Path, vfs: &str, stop: &std::sync::atomic::AtomicBool) {
+    use std::{io::Write as _, sync::atomic::Ordering};
+    let mut shown = false;
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(Response::Status(r)) = crate::api::call(socket, &Request::Status)
+            && let Some(p) = r.progress.iter().find(|p| p.vfs == vfs)
+        {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{}", progress_line(p));
+            let _ = err.flush();
+            shown = true;
+        }
+        for _ in 0..5 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    if shown {
+        let _ = write!(std::io::stderr(), "\r\x1b[2K");
+    }
+}
+
 pub fn changes(c: &Changes) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -204,7 +267,27 @@ pub fn changes(c: &Changes) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::bytes;
+    use super::{ProgressReport, bytes, progress_line};
+
+    #[test]
+    fn a_progress_line_has_its_bar_percentage_rate_and_resume() {
+        let p = ProgressReport {
+            vfs: "fs1".into(),
+            cycle: 1,
+            full: true,
+            total_bytes: 2 << 30,
+            done_bytes: 1 << 30,
+            resumed_bytes: 512 << 20,
+            percent: 50.0,
+            rate_bytes_per_s: 100.0 * 1024.0 * 1024.0,
+            eta_s: Some(11),
+            elapsed_s: 5,
+        };
+        assert_eq!(
+            progress_line(&p),
+            "fs1 cycle 1 full [############            ]  50.0% 1.0 GiB of 2.0 GiB, 100.0 MiB/s, 11 s left (resumed after 512.0 MiB)"
+        );
+    }
 
     #[test]
     fn sizes_read_like_sizes() {

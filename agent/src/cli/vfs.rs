@@ -186,7 +186,18 @@ pub fn release(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Res
 
 pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::Result<ExitCode> {
     let wait = std::time::Duration::from_secs(24 * 3600);
-    match api::call_within(socket, &Request::Replicate { vfs }, wait)? {
+    // A progress bar on a terminal, from the agent's status, while the cycle runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let (socket, vfs, stop) = (socket.to_owned(), vfs.clone(), stop.clone());
+        std::thread::spawn(move || super::show::watch_progress(&socket, &vfs, &stop))
+    });
+    let answer = api::call_within(socket, &Request::Replicate { vfs }, wait);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    match answer? {
         Response::Replicated(r) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -207,6 +218,12 @@ pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
                         "  tracker check {}: {}",
                         t.volume,
                         super::show::tracker_check(&t.check)
+                    );
+                }
+                if r.resumed_bytes > 0 {
+                    println!(
+                        "the interrupted copy resumed: {} were at the DR site already",
+                        super::show::bytes(r.resumed_bytes as f64)
                     );
                 }
             }

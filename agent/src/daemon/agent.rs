@@ -392,6 +392,7 @@ impl Agent {
             replication: Vec::new(),
             paused: Vec::new(),
             vfs_volumes: Vec::new(),
+            progress: Vec::new(),
         }
     }
 }

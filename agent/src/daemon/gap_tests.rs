@@ -54,6 +54,7 @@ fn cycle(agent: &mut Agent, cycle: u64, full: bool, changed: &[(u64, u64)]) -> G
             duration_ms: 0,
             point_unix_s: 0,
             tracker_check: Vec::new(),
+            resumed_bytes: 0,
         },
         changed: vec![("data".into(), blocks(changed))],
     };
@@ -130,6 +131,7 @@ fn writes_between_the_mark_and_the_point_count_and_a_failed_cycle_keeps_the_wind
             duration_ms: 0,
             point_unix_s: 0,
             tracker_check: Vec::new(),
+            resumed_bytes: 0,
         },
         changed: vec![("data".into(), blocks(&[(5, 6), (7, 8)]))],
     };

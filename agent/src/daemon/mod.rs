@@ -218,6 +218,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                     }
                     report.replication = cycles.last.values().cloned().collect();
                     report.paused = cycles.paused.values().cloned().collect();
+                    // A cycle shows once its size is known (cycles are numbered from 1).
+                    report.progress = cycles.progress.values().map(|p| p.report()).filter(|r| r.cycle > 0).collect();
                     let _ = reply.send(Response::Status(report));
                 }
                 Handled::Now(response) => { let _ = reply.send(response); }
@@ -376,6 +378,8 @@ struct Cycles {
     last: std::collections::BTreeMap<String, CycleReport>,
     /// VFSs whose DR pool is full (see `pause.rs`).
     paused: std::collections::BTreeMap<String, api::Paused>,
+    /// How far each running cycle got.
+    progress: std::collections::BTreeMap<String, Arc<crate::replication::progress::Progress>>,
 }
 
 impl Cycles {
@@ -456,14 +460,17 @@ impl Cycles {
         self.next_due
             .insert(def.name.clone(), Instant::now() + interval);
         self.running.insert(def.name.clone());
+        let def_name = def.name.clone();
         let job = replicate::CycleJob {
             def,
             pool,
             mount_root: agent.config().resources.mount_root.clone(),
             state_dir: agent.config().state_dir.clone(),
             ctx: link.ctx.clone(),
+            progress: Arc::new(crate::replication::progress::Progress::new(&def_name)),
         };
         let vfs = job.def.name.clone();
+        self.progress.insert(vfs.clone(), job.progress.clone());
         let done = done.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("cycle-{vfs}"))
@@ -477,19 +484,21 @@ impl Cycles {
         if let Err(e) = spawned {
             self.running.remove(&vfs);
             agent.abort_gap_windows(&vfs);
+            self.progress.remove(&vfs);
             tracing::error!(vfs = %vfs, event = "cycle_failed", error = %e, "cannot start the cycle thread");
         }
     }
 
     fn finish(&mut self, agent: &mut Agent, site: &str, done: CycleDone) {
         self.running.remove(&done.vfs);
+        self.progress.remove(&done.vfs);
         let response = match done.result {
             Ok(mut outcome) => {
                 agent.check_tracker_gaps(&mut outcome);
                 let r = outcome.report;
                 self.resumed(site, &r.vfs, r.cycle);
                 tracing::info!(site = %site, vfs = %r.vfs, event = "cycle_done", cycle = r.cycle, snapshot = r.snapshot,
-                    full = r.full, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
+                    full = r.full, resumed_bytes = r.resumed_bytes, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
                     freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms,
                     tracker_gaps = r.tracker_check.iter().filter(|c| c.is_gap()).count(),
                     "replication cycle committed at the DR site");

@@ -15,11 +15,13 @@ use crate::{
     peer::{DataConn, DataPurpose, PeerClient, PeerContext},
     replication::{
         codec::Codec,
-        cycle::{Pieces, Point, SourceVolume, delta, drop_point, take_point},
+        cycle::{Pieces, Point, SourceVolume, clone_path, delta, drop_point, take_point},
         extents,
         fsops::{Images, SystemImages},
+        progress::{Counted, Progress},
+        resume::{PendingPoint, data_below, new_point_id, skip_below},
         session::{self, SessionError},
-        sink::Sink,
+        sink::{CHECKPOINT_BYTES, Sink},
         wire::{Begin, VolumeInfo},
     },
     state::Store,
@@ -91,6 +93,7 @@ pub fn accept(
             images: Box::new(SystemImages::new()),
             pool,
             reserve,
+            checkpoint_bytes: CHECKPOINT_BYTES,
         };
         let started = Instant::now();
         match session::receive(conn.stream, &conn.from, sink).await {
@@ -116,6 +119,8 @@ pub struct CycleJob {
     pub mount_root: PathBuf,
     pub state_dir: PathBuf,
     pub ctx: Arc<PeerContext>,
+    /// Where the cycle reports how far it got.
+    pub progress: Arc<Progress>,
 }
 
 /// The outcome of one cycle, for `vfsdr replicate`, `vfsdr status` and journald.
@@ -138,6 +143,10 @@ pub struct CycleReport {
     /// Per volume: did the eBPF tracker see every block FIEMAP found changed?
     #[serde(default)]
     pub tracker_check: Vec<crate::replication::gap::VolumeGap>,
+    /// Bytes of an interrupted full copy that the DR site held already: this attempt resumed
+    /// after them.
+    #[serde(default)]
+    pub resumed_bytes: u64,
 }
 
 /// A cycle done: its report, and per volume (in the definition's order) the blocks FIEMAP found
@@ -214,10 +223,70 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
         .map_or(1, |c| c + 1);
     let clones_dir = job.pool.join("clones").join(&vfs);
     let started = Instant::now();
-    let point = take_point(&mut images, &volumes, cycle, &clones_dir)?;
-    let point_unix_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // A full copy under way keeps its point (and its identity) across failures and restarts,
+    // so the DR site's partly written replicas stay valid and the copy resumes.
+    let pending = match prev {
+        Some(_) => None,
+        None => state
+            .as_ref()
+            .and_then(|s| serde_json::from_value::<PendingPoint>(s.pending.clone()).ok())
+            .filter(|p| {
+                let expected: Vec<PathBuf> = volumes
+                    .iter()
+                    .map(|v| clone_path(&clones_dir, cycle, &v.name))
+                    .collect();
+                let usable =
+                    p.cycle == cycle && p.clones == expected && expected.iter().all(|c| images.exists(c));
+                if !usable {
+                    tracing::warn!(vfs = %vfs, event = "pending_point_dropped", cycle = p.cycle,
+                        "the point of the interrupted full copy is gone or no longer fits; a new one is taken");
+                }
+                usable
+            }),
+    };
+    let (point, point_id, point_unix_s) = match pending {
+        Some(p) => {
+            tracing::info!(vfs = %vfs, event = "pending_point_reused", cycle, point = p.point,
+                "the interrupted full copy goes on from the point it started with");
+            let point = Point {
+                cycle,
+                clones: p.clones,
+                freeze_window: Default::default(),
+            };
+            (point, p.point, p.taken_unix)
+        }
+        None => {
+            // Clones an interrupted attempt at this cycle left behind.
+            for v in &volumes {
+                images.remove(&clone_path(&clones_dir, cycle, &v.name))?;
+            }
+            // An agent killed inside the freeze window left the volumes frozen (and the
+            // pre-flush would wait forever): thaw them; thawing one not frozen does nothing.
+            let mounts: Vec<PathBuf> = volumes.iter().map(|v| v.mount.clone()).collect();
+            if let Err(e) = images.thaw_all(&mounts) {
+                tracing::warn!(vfs = %vfs, event = "thaw_failed", error = %e, "cannot thaw the volumes before the cycle");
+            }
+            let point = take_point(&mut images, &volumes, cycle, &clones_dir)?;
+            let id = new_point_id();
+            let taken = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if prev.is_none() {
+                let pending = PendingPoint {
+                    cycle,
+                    point: id,
+                    clones: point.clones.clone(),
+                    taken_unix: taken,
+                };
+                let value = serde_json::to_value(&pending).unwrap_or_default();
+                if let Err(e) = store.source_pending(&vfs, &value) {
+                    let _ = drop_point(&mut images, &point);
+                    return Err(e.into());
+                }
+            }
+            (point, id, taken)
+        }
+    };
     let result = (|| {
         let d = delta(&mut images, prev.as_ref(), &point)?;
         let (changed, zeroed) = d.iter().fold((0, 0), |acc, c| {
@@ -228,10 +297,12 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
         for c in &point.clones {
             sizes.push(images.size(c)?);
         }
+        job.progress.plan(cycle, prev.is_none(), changed);
         let begin = Begin {
             vfs: vfs.clone(),
             cycle,
             epoch,
+            point: Some(point_id),
             base: prev.as_ref().map(|p| p.cycle),
             volumes: volumes
                 .iter()
@@ -258,7 +329,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
             let stream = client
                 .open_data(DataPurpose::Replication { vfs: vfs.clone() })
                 .await?;
-            let pieces = Pieces::new(&mut images, &point, &d);
+            let pieces = resumed_pieces(&mut images, &point, &d, &job.progress);
             Ok::<_, CycleFailure>(session::send(stream, &begin, pieces, codec, limit).await?)
         })?;
         let blocks = volumes
@@ -266,10 +337,11 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
             .zip(&d)
             .map(|(v, c)| (v.name.clone(), crate::replication::gap::changed_blocks(c)))
             .collect();
-        Ok::<_, CycleFailure>((sent, changed, zeroed, blocks))
+        let resumed = data_below(&d, &sent.resumed);
+        Ok::<_, CycleFailure>((sent, changed, zeroed, blocks, resumed))
     })();
     match result {
-        Ok((sent, changed, zeroed, blocks)) => {
+        Ok((sent, changed, zeroed, blocks, resumed)) => {
             store.source_acked(
                 &vfs,
                 cycle,
@@ -290,15 +362,34 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 duration_ms: started.elapsed().as_millis() as u64,
                 point_unix_s,
                 tracker_check: Vec::new(),
+                resumed_bytes: resumed,
             };
             Ok(CycleOutcome {
                 report,
                 changed: blocks,
             })
         }
+        Err(e) if prev.is_none() => {
+            tracing::warn!(vfs = %vfs, event = "full_copy_interrupted", cycle, error = %e,
+                "the full copy failed; its point is kept and the next attempt resumes it");
+            Err(e)
+        }
         Err(e) => {
             let _ = drop_point(&mut images, &point);
             Err(e)
         }
+    }
+}
+
+/// The pieces of `d` above the offsets the DR site answers, counted into `progress`.
+fn resumed_pieces<'a>(
+    images: &'a mut dyn Images,
+    point: &'a Point,
+    d: &'a [Vec<extents::Change>],
+    progress: &'a Progress,
+) -> impl FnOnce(&[u64]) -> Counted<'a, Pieces<'a>> {
+    move |offsets| {
+        progress.start(data_below(d, offsets));
+        Counted::new(Pieces::new(images, point, skip_below(d, offsets)), progress)
     }
 }

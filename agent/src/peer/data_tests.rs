@@ -58,6 +58,7 @@ async fn a_data_connection_is_handed_to_the_agent_and_carries_a_cycle() {
             size: 1 << 20,
             write_bytes: None,
         }],
+        point: None,
     };
     // The DR site's side: takes the connection, reads the cycle, answers Committed.
     let receiver = tokio::spawn({

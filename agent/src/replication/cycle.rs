@@ -151,18 +151,23 @@ pub enum Piece {
 pub struct Pieces<'a> {
     images: &'a mut dyn Images,
     point: &'a Point,
-    delta: &'a [Vec<Change>],
+    delta: std::borrow::Cow<'a, [Vec<Change>]>,
     volume: usize,
     change: usize,
     offset: u64,
 }
 
 impl<'a> Pieces<'a> {
-    pub fn new(images: &'a mut dyn Images, point: &'a Point, delta: &'a [Vec<Change>]) -> Self {
+    /// `delta` borrowed, or owned (a delta cut for a resumed copy).
+    pub fn new(
+        images: &'a mut dyn Images,
+        point: &'a Point,
+        delta: impl Into<std::borrow::Cow<'a, [Vec<Change>]>>,
+    ) -> Self {
         Pieces {
             images,
             point,
-            delta,
+            delta: delta.into(),
             volume: 0,
             change: 0,
             offset: 0,

@@ -23,6 +23,9 @@ pub mod fsops;
 pub mod gap;
 #[cfg(test)]
 mod pool_full_tests;
+pub mod progress;
+mod redo;
+pub mod resume;
 pub mod retention;
 pub mod session;
 #[cfg(test)]

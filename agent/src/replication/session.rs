@@ -1,25 +1,51 @@
 //! A cycle over a data connection: [`send`] on the active site (frames from the pieces of a
 //! delta), [`receive`] on the DR site (frames checked, handed to a [`Sink`] on a thread of its
-//! own, `Committed` or `Refused` answered).
+//! own, `Resume` answered to `Begin`, then `Committed` or `Refused`).
+//!
+//! Timeouts: every frame must arrive, and every frame must be written, within
+//! [`FRAME_TIMEOUT`] of the previous one, so a cut link fails the cycle on both sides in that
+//! time (TCP alone would retry for many minutes). The sender waits [`BEGIN_TIMEOUT`] for the
+//! DR site to get ready (it may first restore its replicas), and [`COMMIT_TIMEOUT`] for the
+//! snapshot once all is sent.
 use std::time::Duration;
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     sync::{mpsc, oneshot},
 };
 
 use super::{
     codec::Codec,
     cycle::{CycleError, Piece},
-    sink::{Sink, SinkError},
+    resume::check_offsets,
+    sink::{Began, Sink, SinkError},
     wire::{Begin, Frame, FrameReader, FrameWriter, PoolFull, WireError, WireStats, check_bounds},
 };
 use crate::state::Snapshot;
 
-/// How long the receiver waits for the sender's next frame before giving the cycle up.
-pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long either side waits for the next frame to arrive or to be written before giving the
+/// cycle up. Frames carry at most 1 MiB of data ([`super::cycle::PIECE`]); the longest
+/// legitimate pause is the throttle at a very low bandwidth limit (1 MiB at 64 KiB/s is 16 s)
+/// or the DR site's fsync of a checkpoint.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the sender waits for `Resume` after `Begin` (the DR site may restore its replicas
+/// from the last snapshot first: reflinks, and removals of large images).
+pub const BEGIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the sender waits for `Committed` after `Commit`.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a sender that failed waits for the DR site's reason (already on its way if any).
+const REASON_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `fut` within `limit`, or a timeout error.
+async fn within<T, E: Into<SessionError>>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(SessionError::Timeout { after: limit }),
+    }
+}
 
 /// The next frame, or a timeout error.
 async fn next_within<R: AsyncRead + Unpin>(
@@ -34,7 +60,7 @@ async fn next_within<R: AsyncRead + Unpin>(
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("the peer sent nothing for {after:?}")]
+    #[error("the peer sent or took nothing for {after:?}")]
     Timeout { after: Duration },
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -62,52 +88,112 @@ pub enum SessionError {
 pub struct Sent {
     pub snapshot: u64,
     pub stats: WireStats,
+    /// Per volume, the offset the copy resumed from (all zeros when it did not).
+    pub resumed: Vec<u64>,
 }
 
-/// Sends one cycle: `Begin`, the pieces, a `VolumeEnd` per volume, `Commit`; then waits for
-/// the DR site's `Committed`.
-pub async fn send<S, I>(
+/// Sends one cycle: `Begin`; waits for the DR site's `Resume`; the pieces `pieces` makes for
+/// its offsets (checked first: unusable offsets are logged and replaced by zeros, a full
+/// copy from the start, which is always safe), a `VolumeEnd` per volume, `Commit`; then waits
+/// for the DR site's `Committed`.
+pub async fn send<S, F, I>(
     stream: S,
     begin: &Begin,
-    pieces: I,
+    pieces: F,
     codec: Codec,
     bandwidth: Option<u64>,
 ) -> Result<Sent, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&[u64]) -> I,
     I: Iterator<Item = Result<Piece, CycleError>>,
 {
     let (r, w) = tokio::io::split(stream);
     let mut writer = FrameWriter::new(w, codec, bandwidth);
     let mut reader = FrameReader::new(r);
+    let mut resumed = vec![0; begin.volumes.len()];
     let sent = async {
-        writer.begin(begin).await?;
-        for piece in pieces {
+        within(FRAME_TIMEOUT, writer.begin(begin)).await?;
+        within(FRAME_TIMEOUT, writer.flush()).await?;
+        let offsets = match next_within(&mut reader, BEGIN_TIMEOUT).await? {
+            Frame::Resume { cycle, offsets } if cycle == begin.cycle => offsets,
+            // The DR site committed this very point already (its answer was lost).
+            Frame::Committed { cycle, snapshot } if cycle == begin.cycle => {
+                resumed = begin.volumes.iter().map(|v| v.size).collect();
+                return Ok(Some(snapshot));
+            }
+            Frame::Refused { reason } => {
+                return Err(SessionError::Refused {
+                    cycle: begin.cycle,
+                    reason,
+                });
+            }
+            // No room at the DR site for this cycle: checked before anything is written.
+            Frame::PoolFull(full) => {
+                return Err(SessionError::PoolFull {
+                    cycle: begin.cycle,
+                    full,
+                });
+            }
+            other => {
+                return Err(SessionError::Unexpected {
+                    cycle: begin.cycle,
+                    expected: "resume for this cycle",
+                    got: other.kind(),
+                });
+            }
+        };
+        let sizes: Vec<u64> = begin.volumes.iter().map(|v| v.size).collect();
+        match check_offsets(&offsets, &sizes, begin.base.is_none() && begin.point.is_some()) {
+            Ok(()) => resumed = offsets,
+            Err(e) => tracing::error!(vfs = %begin.vfs, cycle = begin.cycle, event = "resume_ignored",
+                error = %e, "the DR site's resume offsets are unusable; the copy starts from the beginning"),
+        }
+        for piece in pieces(&resumed) {
             match piece? {
                 Piece::Data {
                     volume,
                     offset,
                     data,
                 } => {
-                    writer.data(volume as u16, offset, &data).await?;
+                    within(FRAME_TIMEOUT, writer.data(volume as u16, offset, &data)).await?;
                 }
                 Piece::Zero {
                     volume,
                     offset,
                     len,
-                } => writer.zero(volume as u16, offset, len).await?,
+                } => within(FRAME_TIMEOUT, writer.zero(volume as u16, offset, len)).await?,
             }
         }
         for v in 0..begin.volumes.len() {
-            writer.volume_end(v as u16).await?;
+            within(FRAME_TIMEOUT, writer.volume_end(v as u16)).await?;
         }
-        writer.commit(begin.cycle).await?;
-        Ok::<(), SessionError>(())
+        within(FRAME_TIMEOUT, writer.commit(begin.cycle)).await?;
+        Ok::<_, SessionError>(None)
     }
     .await;
+    let sent = match sent {
+        Err(e @ (SessionError::Refused { .. } | SessionError::PoolFull { .. })) => return Err(e),
+        Ok(Some(snapshot)) => {
+            return Ok(Sent {
+                snapshot,
+                stats: writer.stats(),
+                resumed,
+            });
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
     // Whether sending worked or not, the DR site may have said why it stopped.
     // Committing fsyncs and reflinks every replica: allow it time.
-    let answer = next_within(&mut reader, COMMIT_TIMEOUT).await;
+    let limit = if sent.is_ok() {
+        COMMIT_TIMEOUT
+    } else {
+        // Tell the DR site now rather than after its frame timeout.
+        let _ = tokio::time::timeout(REASON_TIMEOUT, writer.get_mut().shutdown()).await;
+        REASON_TIMEOUT
+    };
+    let answer = next_within(&mut reader, limit).await;
     match (sent, answer) {
         (_, Ok(Frame::Refused { reason })) => Err(SessionError::Refused {
             cycle: begin.cycle,
@@ -121,6 +207,7 @@ where
         (Ok(()), Ok(Frame::Committed { cycle, snapshot })) if cycle == begin.cycle => Ok(Sent {
             snapshot,
             stats: writer.stats(),
+            resumed,
         }),
         (Ok(()), Ok(other)) => Err(SessionError::Unexpected {
             cycle: begin.cycle,
@@ -131,8 +218,16 @@ where
     }
 }
 
+/// The DR site's answer to `Begin`.
+enum Ready {
+    /// Receive from these offsets.
+    Resume(Vec<u64>),
+    /// This point is committed already.
+    Committed(Snapshot),
+}
+
 enum Job {
-    Begin(String, Begin, oneshot::Sender<Result<(), SinkError>>),
+    Begin(String, Begin, oneshot::Sender<Result<Ready, SinkError>>),
     Piece(Piece),
     VolumeEnd(usize, u64, [u8; 32]),
     Commit(u64, oneshot::Sender<Result<Snapshot, SinkError>>),
@@ -156,7 +251,7 @@ where
             let _ = done_tx.send(run_sink(sink, rx));
         })
         .map_err(|_| SessionError::SinkGone)?;
-    let result = receive_frames(&mut reader, from, &jobs).await;
+    let result = receive_frames(&mut reader, &mut writer, from, &jobs).await;
     drop(jobs);
     let _ = done_rx.await;
     match result {
@@ -175,8 +270,9 @@ where
     }
 }
 
-async fn receive_frames<R: AsyncRead + Unpin>(
+async fn receive_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
     from: &str,
     jobs: &mpsc::Sender<Job>,
 ) -> Result<Snapshot, SessionError> {
@@ -195,7 +291,11 @@ async fn receive_frames<R: AsyncRead + Unpin>(
     jobs.send(Job::Begin(from.to_owned(), begin.clone(), tx))
         .await
         .map_err(|_| SessionError::SinkGone)?;
-    rx.await.map_err(|_| SessionError::SinkGone)??;
+    let offsets = match rx.await.map_err(|_| SessionError::SinkGone)?? {
+        Ready::Resume(offsets) => offsets,
+        Ready::Committed(snapshot) => return Ok(snapshot),
+    };
+    within(FRAME_TIMEOUT, writer.resume(cycle, &offsets)).await?;
     loop {
         let frame = next_within(reader, FRAME_TIMEOUT).await?;
         check_bounds(&frame, &begin.volumes)?;
@@ -250,20 +350,26 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
     let mut failed: Option<SinkError> = None;
     while let Some(job) = jobs.blocking_recv() {
         match job {
-            Job::Begin(from, b, reply) => {
-                let r = sink.begin(&from, &b);
-                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| match e {
-                    SinkError::PoolFull { vfs, full } => SinkError::PoolFull {
-                        vfs: vfs.clone(),
-                        full: full.clone(),
-                    },
-                    e => SinkError::Refused {
+            Job::Begin(from, b, reply) => match sink.begin(&from, &b) {
+                Ok(Began::Receiving(r)) => {
+                    let _ = reply.send(Ok(Ready::Resume(r.resume.clone())));
+                    receiving = Some(r);
+                }
+                Ok(Began::Committed(s)) => {
+                    let _ = reply.send(Ok(Ready::Committed(s)));
+                    return Ok(());
+                }
+                // A full pool keeps its kind (the sender pauses); anything else is a refusal.
+                Err(SinkError::PoolFull { vfs, full }) => {
+                    let _ = reply.send(Err(SinkError::PoolFull { vfs, full }));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(SinkError::Refused {
                         vfs: b.vfs.clone(),
                         what: e.to_string(),
-                    },
-                }));
-                receiving = r.ok();
-            }
+                    }));
+                }
+            },
             Job::Piece(p) => {
                 if failed.is_none()
                     && let Some(r) = receiving.as_mut()
@@ -278,7 +384,7 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
             }
             Job::VolumeEnd(v, blocks, digest) => {
                 if failed.is_none()
-                    && let Some(r) = receiving.as_ref()
+                    && let Some(r) = receiving.as_mut()
                     && let Err(e) = sink.volume_end(r, v, blocks, &digest)
                 {
                     failed = Some(e);

@@ -59,6 +59,7 @@ impl World {
             images: Box::new(self.dst.clone()),
             pool: "/b/pool".into(),
             reserve: 0,
+            checkpoint_bytes: super::sink::CHECKPOINT_BYTES,
         }
     }
 
@@ -73,6 +74,7 @@ impl World {
                 size: 16 * MIB,
                 write_bytes: None,
             }],
+            point: None,
         }
     }
 
@@ -91,7 +93,7 @@ impl World {
         let sink = self.sink();
         let from = from.to_owned();
         let (sent, got) = tokio::join!(
-            send(a, &begin, pieces.into_iter(), Codec::Zstd, None),
+            send(a, &begin, |_: &[u64]| pieces.into_iter(), Codec::Zstd, None),
             async move { receive(b, &from, sink).await }
         );
         (sent.map(|s| s.snapshot), got.map(|s| s.id))
@@ -185,3 +187,5 @@ async fn a_silent_sender_is_given_up_after_the_frame_timeout() {
     let e = receive(b, "site-a", w.sink()).await.unwrap_err();
     assert!(matches!(e, SessionError::Timeout { .. }), "{e}");
 }
+
+mod resume;

@@ -8,11 +8,16 @@
 //! [`SinkError::PoolFull`] and nothing is touched. ENOSPC (or EDQUOT) met while applying or
 //! committing is the same refusal, after the working replicas are restored from the last
 //! committed snapshot (which stays as it was).
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use super::{
     cycle::{Applier, CycleError, Piece, ReplicaVolume, restore},
     fsops::Images,
+    redo,
+    resume::{Checkpoint, Frontier},
     wire::{Begin, PoolFull},
 };
 use crate::{
@@ -81,12 +86,28 @@ fn is_no_space(e: &SinkError) -> bool {
     matches!(fs.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// A full copy records how far it got after this many bytes ([`Sink::checkpoint_bytes`])...
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ... or this long, whichever comes first.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Sink {
     pub store: Store,
     pub images: Box<dyn Images>,
     pub pool: PathBuf,
     /// Bytes of the pool always left free (`resources.pool.reserve`).
     pub reserve: u64,
+    /// Bytes of a full copy between two checkpoints (fsync of the replicas, then the offsets
+    /// recorded); [`CHECKPOINT_BYTES`] in the agent.
+    pub checkpoint_bytes: u64,
+}
+
+/// What [`Sink::begin`] made of a cycle.
+pub enum Began {
+    /// Ready to receive its data.
+    Receiving(Receiving),
+    /// This very point was committed already (the sender did not get the answer).
+    Committed(Snapshot),
 }
 
 /// A cycle being received.
@@ -94,11 +115,17 @@ pub struct Receiving {
     pub begin: Begin,
     applier: Applier,
     pub changed_bytes: u64,
+    /// Per volume, where the sender starts (an interrupted full copy of the same point).
+    pub resume: Vec<u64>,
+    /// A full copy's progress (none for a delta, or a sender that names no point).
+    frontier: Option<Frontier>,
+    unsynced: u64,
+    last_checkpoint: Instant,
 }
 
 impl Sink {
     /// Accepts (or refuses) the cycle `b` from site `from`, undoing an interrupted one first.
-    pub fn begin(&mut self, from: &str, b: &Begin) -> Result<Receiving, SinkError> {
+    pub fn begin(&mut self, from: &str, b: &Begin) -> Result<Began, SinkError> {
         let refuse = |what: String| SinkError::Refused {
             vfs: b.vfs.clone(),
             what,
@@ -139,7 +166,14 @@ impl Sink {
                 b.cycle
             )));
         }
-        let latest = self.store.latest_snapshot(&b.vfs)?;
+        let mut latest = self.store.latest_snapshot(&b.vfs)?;
+        if let Some(done) = redo::already_committed(self, b, latest.as_ref())? {
+            return Ok(Began::Committed(done));
+        }
+        let dropped = redo::drop_unacknowledged(self, b)?;
+        if dropped {
+            latest = self.store.latest_snapshot(&b.vfs)?;
+        }
         if let Some(base) = b.base
             && latest.as_ref().map(|s| s.id) != Some(base)
         {
@@ -151,27 +185,60 @@ impl Sink {
                     .map_or("none".to_string(), |s| s.id.to_string())
             )));
         }
-        if let Some(flight) = self.store.in_flight(&b.vfs)? {
+        let resume = redo::resumable(self, b, &volumes)?;
+        if resume.is_none()
+            && let Some(flight) = self.store.in_flight(&b.vfs)?
+        {
             // An interrupted cycle: the replicas are somewhere between two states.
             self.undo(&b.vfs, &volumes, latest.as_ref())?;
             self.store.abandon_cycle(&b.vfs)?;
             tracing::warn!(vfs = %b.vfs, event = "cycle_abandoned", cycle = flight.cycle,
                 "an interrupted cycle was undone from the last snapshot");
+        } else if dropped {
+            // The replicas hold a dropped snapshot's state.
+            self.undo(&b.vfs, &volumes, latest.as_ref())?;
         }
         self.check_room(b)?;
-        if b.base.is_none() {
+        if b.base.is_none() && resume.is_none() {
             // A full copy: start from empty replicas (the snapshots keep the older states).
             for v in &volumes {
                 self.images.remove(&v.image)?;
             }
         }
         self.store.begin_cycle(&b.vfs, b.cycle, b.base)?;
+        if let (Some(point), None) = (b.point, &resume) {
+            // The point is on record from the start (a commit records it with the snapshot).
+            let start = Checkpoint {
+                point,
+                offsets: vec![0; volumes.len()],
+            };
+            let value = serde_json::to_value(&start).unwrap_or_default();
+            self.store.cycle_progress(&b.vfs, b.cycle, &value)?;
+        }
+        // Leftovers of a commit interrupted before it was recorded (the cycle is above every
+        // recorded snapshot, so these are no snapshot's).
+        let dir = snapshot_dir(&self.pool, &b.vfs, b.cycle);
+        for v in &volumes {
+            self.images.remove(&dir.join(format!("{}.img", v.name)))?;
+        }
+        let sizes: Vec<u64> = volumes.iter().map(|v| v.size).collect();
+        let offsets = resume.unwrap_or_else(|| vec![0; volumes.len()]);
+        if offsets.iter().any(|&o| o > 0) {
+            tracing::info!(vfs = %b.vfs, event = "full_copy_resumed", cycle = b.cycle, offsets = ?offsets,
+                "the interrupted full copy of this point resumes where its replicas were synced");
+        }
+        let frontier =
+            (b.base.is_none() && b.point.is_some()).then(|| Frontier::new(sizes, offsets.clone()));
         let applier = Applier::begin(self.images.as_mut(), volumes, b.cycle)?;
-        Ok(Receiving {
+        Ok(Began::Receiving(Receiving {
             begin: b.clone(),
             applier,
             changed_bytes: 0,
-        })
+            resume: offsets,
+            frontier,
+            unsynced: 0,
+            last_checkpoint: Instant::now(),
+        }))
     }
 
     /// Free bytes of the pool beyond its reserve.
@@ -238,7 +305,7 @@ impl Sink {
     }
 
     /// Brings the replicas back to the last snapshot (or to nothing, before the first).
-    fn undo(
+    pub(super) fn undo(
         &mut self,
         _vfs: &str,
         volumes: &[ReplicaVolume],
@@ -261,21 +328,62 @@ impl Sink {
     /// Writes one piece. ENOSPC restores the replicas and returns [`SinkError::PoolFull`]: the
     /// cycle is over, `r` must not be used again.
     pub fn apply(&mut self, r: &mut Receiving, piece: &Piece) -> Result<(), SinkError> {
+        if let Some(f) = r.frontier.as_mut() {
+            f.advance(piece).map_err(|e| SinkError::Refused {
+                vfs: r.begin.vfs.clone(),
+                what: format!("cycle {}: {e}", r.begin.cycle),
+            })?;
+        }
+        let before = r.applier.applied_bytes;
         if let Err(e) = r.applier.apply(self.images.as_mut(), piece) {
             return Err(self.out_of_space(&r.begin, e.into()));
         }
         r.changed_bytes = r.applier.applied_bytes;
+        r.unsynced += r.applier.applied_bytes - before;
+        if r.frontier.is_some()
+            && (r.unsynced >= self.checkpoint_bytes
+                || r.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+            && let Err(e) = self.checkpoint(r)
+        {
+            return Err(self.out_of_space(&r.begin, e));
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the replicas, then records how far the full copy got.
+    fn checkpoint(&mut self, r: &mut Receiving) -> Result<(), SinkError> {
+        let (Some(f), Some(point)) = (r.frontier.as_ref(), r.begin.point) else {
+            return Ok(());
+        };
+        for v in r.applier.volumes() {
+            self.images.fsync(&v.image)?;
+        }
+        let progress = Checkpoint {
+            point,
+            offsets: f.offsets().to_vec(),
+        };
+        let value = serde_json::to_value(&progress).unwrap_or_default();
+        self.store
+            .cycle_progress(&r.begin.vfs, r.begin.cycle, &value)?;
+        tracing::debug!(vfs = %r.begin.vfs, event = "full_copy_checkpoint", cycle = r.begin.cycle,
+            offsets = ?progress.offsets, "full copy progress recorded");
+        r.unsynced = 0;
+        r.last_checkpoint = Instant::now();
         Ok(())
     }
 
     pub fn volume_end(
         &mut self,
-        r: &Receiving,
+        r: &mut Receiving,
         volume: usize,
         blocks: u64,
         digest: &[u8; 32],
     ) -> Result<(), SinkError> {
-        Ok(r.applier.check_digest(volume, blocks, digest)?)
+        r.applier.check_digest(volume, blocks, digest)?;
+        if let Some(f) = r.frontier.as_mut() {
+            f.volume_done(volume);
+        }
+        Ok(())
     }
 
     /// Fsyncs the replicas, reflinks them into the snapshot and records it.
@@ -328,6 +436,16 @@ impl Sink {
             .map_or(0, |d| d.as_secs());
         let drop = super::retention::prune(&committed, &stored.def.snapshots, now);
         self.store.mark_pruning(vfs, &drop)?;
+        let removed = self.remove_marked(vfs)?;
+        if !removed.is_empty() {
+            tracing::info!(vfs = %vfs, event = "snapshots_pruned", count = removed.len(), ids = ?removed,
+                "snapshots outside the retention grid removed");
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the files of the snapshots marked `pruning`, then forgets them.
+    pub(super) fn remove_marked(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
         let mut removed = Vec::new();
         for s in self
             .store
@@ -341,10 +459,6 @@ impl Sink {
             let _ = self.images.remove_dir(&snapshot_dir(&self.pool, vfs, s.id));
             self.store.forget_snapshot(vfs, s.id)?;
             removed.push(s.id);
-        }
-        if !removed.is_empty() {
-            tracing::info!(vfs = %vfs, event = "snapshots_pruned", count = removed.len(), ids = ?removed,
-                "snapshots outside the retention grid removed");
         }
         Ok(removed)
     }

@@ -22,7 +22,7 @@ pub(super) const APPLICATION_ID: i32 = 0x7666_7364;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration steps: step `i` brings a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: definitions, reservations, shortages.
 ///
@@ -134,6 +134,28 @@ CREATE TABLE source_cycle (
     initial_done INTEGER NOT NULL CHECK (initial_done IN (0, 1)),
     updated_unix INTEGER NOT NULL CHECK (updated_unix >= 0)
 ) STRICT;
+";
+
+/// Version 3: points in time, so that interrupted cycles resume or are recognised.
+///
+/// `source_cycle.pending` (JSON, `null` when there is none) is the point in time (cycle, point
+/// identity, clones) of a full sync under way: an interrupted full sync resumes from the same
+/// clones, so the DR site's partly written replicas stay valid.
+///
+/// `snapshot_point` (DR site) is the identity of the point a snapshot was made from, when the
+/// sender named one (taken from the cycle's progress, `$.point`, as it is committed): a sender
+/// that did not get the answer to its commit and offers the same point again is answered with
+/// the snapshot instead of shipping it again.
+const V3: &str = "
+ALTER TABLE source_cycle ADD COLUMN pending TEXT NOT NULL DEFAULT 'null' CHECK (json_valid(pending));
+
+CREATE TABLE snapshot_point (
+    vfs   TEXT NOT NULL,
+    id    INTEGER NOT NULL,
+    point INTEGER NOT NULL,
+    PRIMARY KEY (vfs, id),
+    FOREIGN KEY (vfs, id) REFERENCES snapshot (vfs, id) ON UPDATE RESTRICT ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
 ";
 
 /// The schema version of the database.

@@ -98,6 +98,8 @@ pub struct SourceState {
     pub initial_done: bool,
     /// When this last changed (seconds since the Unix epoch).
     pub updated_unix: u64,
+    /// The point of a full sync under way ([`Store::source_pending`]), `null` when none.
+    pub pending: Value,
 }
 
 const COLUMNS: &str =
@@ -219,13 +221,20 @@ fn expect_cycle(vfs: &str, cycle: u64, found: Option<InFlight>) -> Result<InFlig
 }
 
 fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError> {
-    let sql = "SELECT last_acked, clone, initial_done, updated_unix FROM source_cycle
+    let sql = "SELECT last_acked, clone, initial_done, updated_unix, pending FROM source_cycle
                WHERE vfs = ?1";
-    let read = |row: &Row<'_>| -> rusqlite::Result<(Option<i64>, String, i64, i64)> {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    type SourceRow = (Option<i64>, String, i64, i64, String);
+    let read = |row: &Row<'_>| -> rusqlite::Result<SourceRow> {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ))
     };
     let row = db.conn.query_row(sql, [vfs], read).optional();
-    let Some((acked, clones, initial_done, updated)) = row.map_err(|e| db.fail(e))? else {
+    let Some((acked, clones, initial_done, updated, pending)) = row.map_err(|e| db.fail(e))? else {
         return Ok(None);
     };
     Ok(Some(SourceState {
@@ -233,6 +242,7 @@ fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError
         clones: serde_json::from_str(&clones).map_err(|e| db.decode(vfs, "clones", e))?,
         initial_done: initial_done != 0,
         updated_unix: db.u64(vfs, "progress time", updated)?,
+        pending: serde_json::from_str(&pending).map_err(|e| db.decode(vfs, "pending point", e))?,
     }))
 }
 
@@ -419,6 +429,13 @@ impl Store {
                 ),
                 params![vfs, id, created, epoch_db, json, changed, shipped],
             )?;
+            exec(
+                db,
+                "INSERT INTO snapshot_point (vfs, id, point)
+                 SELECT vfs, ?2, json_extract(progress, '$.point') FROM cycle
+                 WHERE vfs = ?1 AND json_type(progress, '$.point') = 'integer'",
+                params![vfs, id],
+            )?;
             exec(db, "DELETE FROM cycle WHERE vfs = ?1", [vfs])?;
             Ok(Snapshot {
                 vfs: vfs.to_string(),
@@ -445,6 +462,21 @@ impl Store {
                 [vfs],
             )?))
         })
+    }
+
+    /// The identity of the point snapshot `id` of `vfs` was made from, if its cycle's progress
+    /// named one (`$.point`, see [`Store::cycle_progress`]) when it was committed.
+    pub fn snapshot_point(&self, vfs: &str, id: u64) -> Result<Option<u64>, StateError> {
+        let id_db = to_db(vfs, "snapshot id", id)?;
+        let op = || format!("read the point of snapshot {id} of VFS {vfs}");
+        let db = self.read(&op);
+        let sql = "SELECT point FROM snapshot_point WHERE vfs = ?1 AND id = ?2";
+        let point: Option<i64> = db
+            .conn
+            .query_row(sql, params![vfs, id_db], |row| row.get(0))
+            .optional()
+            .map_err(|e| db.fail(e))?;
+        point.map(|p| db.u64(vfs, "snapshot point", p)).transpose()
     }
 
     /// The snapshots of `vfs` by id, those being pruned included (none for an unknown VFS).
@@ -558,7 +590,7 @@ impl Store {
                 "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix)
                  VALUES (?1, ?2, ?3, 1, ?4)
                  ON CONFLICT (vfs) DO UPDATE SET last_acked = excluded.last_acked,
-                     clone = excluded.clone, initial_done = 1,
+                     clone = excluded.clone, initial_done = 1, pending = 'null',
                      updated_unix = excluded.updated_unix",
                 params![vfs, cycle_db, json, time_to_db(now_unix())],
             )?;
@@ -586,6 +618,30 @@ impl Store {
                 params![vfs, time_to_db(now_unix())],
             )?;
             Ok(change)
+        })
+    }
+
+    /// Active site: records `pending` as the point of the full sync under way for `vfs` (`null`:
+    /// none), so a restarted agent resumes it from the same clones; an acknowledged cycle
+    /// clears it ([`Store::source_acked`]). The same value again is `Unchanged`.
+    pub fn source_pending(&mut self, vfs: &str, pending: &Value) -> Result<Change, StateError> {
+        let json = encode(vfs, "pending point", pending)?;
+        let op = || format!("record the pending point of VFS {vfs}");
+        self.write(&op, |db| {
+            require_vfs(db, vfs)?;
+            let stored = load_source(db, vfs)?;
+            if stored.as_ref().is_some_and(|s| &s.pending == pending) {
+                return Ok(Change::Unchanged);
+            }
+            exec(
+                db,
+                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix, pending)
+                 VALUES (?1, NULL, 'null', 0, ?2, ?3)
+                 ON CONFLICT (vfs) DO UPDATE SET pending = excluded.pending,
+                     updated_unix = excluded.updated_unix",
+                params![vfs, time_to_db(now_unix()), json],
+            )?;
+            Ok(stored.map_or(Change::Created, |_| Change::Updated))
         })
     }
 

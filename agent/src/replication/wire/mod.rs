@@ -20,7 +20,7 @@
 //!
 //! | kind | frame | direction | payload |
 //! |---|---|---|---|
-//! | 0x01 | `Begin` | sender -> receiver | JSON `{vfs, cycle, epoch, base, volumes: [{name, size}]}` |
+//! | 0x01 | `Begin` | sender -> receiver | JSON `{vfs, cycle, epoch, base, volumes: [{name, size}], point}` |
 //! | 0x02 | `Data` | sender -> receiver | volume u16, offset u64, len u32 (decoded), codec u8, encoded bytes |
 //! | 0x03 | `Zero` | sender -> receiver | volume u16, offset u64, len u64 |
 //! | 0x04 | `VolumeEnd` | sender -> receiver | volume u16, blocks u64, digest [32] |
@@ -28,6 +28,7 @@
 //! | 0x81 | `Committed` | receiver -> sender | cycle u64, snapshot u64 |
 //! | 0x82 | `Refused` | receiver -> sender | reason, UTF-8 |
 //! | 0x83 | `PoolFull` | receiver -> sender | JSON `{pool, needs, free}` ([`PoolFull`]) |
+//! | 0x84 | `Resume` | receiver -> sender | cycle u64, count u16, count x offset u64 |
 //!
 //! Codec bytes: 0 none, 1 zstd (level 1), 2 lz4 (block format); see [`super::codec`]. A `Data`
 //! frame decodes to at most [`MAX_DATA`] (8 MiB) bytes. `volume` is the index of the volume in
@@ -35,9 +36,17 @@
 //!
 //! # A cycle
 //!
-//! `Begin`, then for each volume its `Data` and `Zero` frames and a `VolumeEnd`, then `Commit`; the
-//! receiver answers `Committed` once the snapshot is safe, or `Refused` at any point (and closes).
-//! The order is the replication engine's to enforce; this module checks each frame on its own.
+//! `Begin`; the receiver answers `Resume` (or `Refused`) once it is ready to write; then for each
+//! volume its `Data` and `Zero` frames and a `VolumeEnd`, then `Commit`; the receiver answers
+//! `Committed` once the snapshot is safe, or `Refused` (or `PoolFull`) at any point (and closes). The order is
+//! the replication engine's to enforce; this module checks each frame on its own.
+//!
+//! `Resume` lists, per volume of `Begin`, the offset below which the receiver already holds the
+//! data of this very point (`Begin::point`) durably, from an interrupted full copy: the sender
+//! skips what lies below it. All zeros: nothing to skip (always so for a delta). The receiver
+//! may also answer `Begin` with `Committed` at once: it committed this very point already (the
+//! sender did not get that answer), and nothing more is sent.
+//!
 //! `PoolFull` is a refusal of its own kind: the receiver's pool has no room for the cycle (checked
 //! before anything is written, or met as ENOSPC while applying); the sender pauses and retries.
 //! `Begin`'s `write_bytes` per volume (the bytes of its `Data` frames) lets the receiver check its
@@ -91,6 +100,7 @@ const COMMIT: u8 = 0x05;
 const COMMITTED: u8 = 0x81;
 const REFUSED: u8 = 0x82;
 const POOL_FULL: u8 = 0x83;
+const RESUME: u8 = 0x84;
 
 /// Fixed fields of a `Data` payload: volume, offset, len, codec.
 const DATA_FIELDS: usize = 2 + 8 + 4 + 1;
@@ -125,6 +135,10 @@ pub struct Begin {
     pub epoch: u64,
     pub base: Option<u64>,
     pub volumes: Vec<VolumeInfo>,
+    /// The identity of the point in time the cycle ships (its clones at the sender): an
+    /// interrupted full copy resumes only into the same point. `None` never resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<u64>,
 }
 
 /// One frame, as [`FrameReader::next`] returns it (`Data` decoded).
@@ -160,6 +174,11 @@ pub enum Frame {
         reason: String,
     },
     PoolFull(PoolFull),
+    /// Per volume of `Begin`, the offset the sender starts at (see the module docs).
+    Resume {
+        cycle: u64,
+        offsets: Vec<u64>,
+    },
 }
 
 impl Frame {
@@ -174,6 +193,7 @@ impl Frame {
             Frame::Committed { .. } => "committed",
             Frame::Refused { .. } => "refused",
             Frame::PoolFull(_) => "pool_full",
+            Frame::Resume { .. } => "resume",
         }
     }
 }
@@ -189,6 +209,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         COMMITTED => "committed",
         REFUSED => "refused",
         POOL_FULL => "pool_full",
+        RESUME => "resume",
         _ => return None,
     })
 }

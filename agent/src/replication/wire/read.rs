@@ -233,6 +233,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     })?;
                 Ok(Frame::PoolFull(full))
             }
+            RESUME => {
+                p.at_least(10)?;
+                let (cycle, count) = (p.u64(0), usize::from(p.u16(8)));
+                p.exactly(10 + 8 * count)?;
+                let offsets = (0..count).map(|i| p.u64(10 + 8 * i)).collect();
+                Ok(Frame::Resume { cycle, offsets })
+            }
             _ => Err(WireError::UnknownKind { kind }),
         }
     }

@@ -26,6 +26,7 @@ fn begin() -> Begin {
                 write_bytes: None,
             },
         ],
+        point: Some(0x1234_5678_9abc),
     }
 }
 
@@ -78,6 +79,7 @@ async fn every_frame_kind_round_trips_with_every_codec() {
             async move {
                 let mut w = FrameWriter::new(a, codec, None);
                 w.begin(&begin()).await.unwrap();
+                w.resume(12, &[1 << 20, 0]).await.unwrap();
                 assert_eq!(w.data(0, 4096, &compressible).await.unwrap(), codec);
                 assert_eq!(w.data(0, 1 << 20, &random).await.unwrap(), Codec::None);
                 w.data(1, 0, &[]).await.unwrap();
@@ -95,6 +97,13 @@ async fn every_frame_kind_round_trips_with_every_codec() {
         });
         let mut r = FrameReader::new(b);
         assert_eq!(r.next().await.unwrap(), Frame::Begin(begin()));
+        assert_eq!(
+            r.next().await.unwrap(),
+            Frame::Resume {
+                cycle: 12,
+                offsets: vec![1 << 20, 0]
+            }
+        );
         let frame = r.next().await.unwrap();
         assert!(
             matches!(&frame, Frame::Data { volume: 0, offset: 4096, codec: c, data }
@@ -164,7 +173,7 @@ async fn every_frame_kind_round_trips_with_every_codec() {
         );
         let sent = sender.await.unwrap();
         assert!(matches!(r.next().await, Err(WireError::Closed)));
-        assert_eq!(sent.frames, 10);
+        assert_eq!(sent.frames, 11);
         assert_eq!(r.stats(), sent, "{codec}");
         let raw = compressible.len() + random.len();
         assert_eq!(sent.data_bytes, raw as u64);
@@ -580,4 +589,24 @@ async fn throughput_of_writer_and_reader_per_codec() {
             },
         );
     }
+}
+
+#[tokio::test]
+async fn a_resume_frame_whose_count_disagrees_with_its_length_is_refused() {
+    let mut payload = 12u64.to_be_bytes().to_vec();
+    payload.extend_from_slice(&2u16.to_be_bytes());
+    payload.extend_from_slice(&7u64.to_be_bytes());
+    let error = read_bytes(&raw_frame(RESUME, &payload))
+        .await
+        .0
+        .unwrap_err();
+    assert!(
+        matches!(&error, WireError::BadPayload { kind: "resume", reason } if reason.contains("18 bytes, expected 26")),
+        "{error}"
+    );
+    let error = read_bytes(&raw_frame(RESUME, &[0; 9])).await.0.unwrap_err();
+    assert!(
+        matches!(&error, WireError::BadPayload { kind: "resume", .. }),
+        "{error}"
+    );
 }

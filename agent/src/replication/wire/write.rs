@@ -143,6 +143,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await
     }
 
+    /// The receiver's answer to `Begin`: where the sender starts in each volume; flushes.
+    pub async fn resume(&mut self, cycle: u64, offsets: &[u64]) -> Result<(), WireError> {
+        let count = u16::try_from(offsets.len()).map_err(|_| WireError::TooLarge {
+            what: "resume offset list",
+            len: offsets.len() as u64,
+            max: usize::from(u16::MAX),
+        })?;
+        self.start();
+        self.buf.extend_from_slice(&cycle.to_be_bytes());
+        self.buf.extend_from_slice(&count.to_be_bytes());
+        for o in offsets {
+            self.buf.extend_from_slice(&o.to_be_bytes());
+        }
+        self.send_buf(RESUME).await?;
+        self.flush().await
+    }
+
     /// Sends `frame` as it is. `Data` and `Zero` count towards their volume's digest as with
     /// [`FrameWriter::data`] (a `Data` frame's `codec` is ignored: the writer's is used);
     /// `VolumeEnd` is sent with the frame's own count and digest.
@@ -172,6 +189,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             Frame::Committed { cycle, snapshot } => self.committed(*cycle, *snapshot).await,
             Frame::Refused { reason } => self.refused(reason).await,
             Frame::PoolFull(full) => self.pool_full(full).await,
+            Frame::Resume { cycle, offsets } => self.resume(*cycle, offsets).await,
         }
     }
 

@@ -27,6 +27,7 @@ fn a_new_state_dir_gets_every_migration() {
             "reservation",
             "shortage",
             "snapshot",
+            "snapshot_point",
             "source_cycle",
             "vfs"
         ]
@@ -61,6 +62,7 @@ fn an_empty_file_gets_every_migration() {
             "reservation",
             "shortage",
             "snapshot",
+            "snapshot_point",
             "source_cycle",
             "vfs"
         ]

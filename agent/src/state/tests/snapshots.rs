@@ -67,7 +67,7 @@ fn migrating_a_version_1_database_keeps_its_data() {
         .unwrap();
     }
     let mut store = open(tmp.path());
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), schema::SCHEMA_VERSION);
     assert_eq!(
         tables(&store.conn),
         [
@@ -75,6 +75,7 @@ fn migrating_a_version_1_database_keeps_its_data() {
             "reservation",
             "shortage",
             "snapshot",
+            "snapshot_point",
             "source_cycle",
             "vfs"
         ]
@@ -577,4 +578,31 @@ fn two_thousand_snapshots_are_committed_and_listed() {
     assert_eq!(all[999].images, images("fs1", 1000));
     assert_eq!(all[999].changed_bytes, 4096 * 1000);
     assert!(store.snapshots("fs2").unwrap().is_empty());
+}
+
+#[test]
+fn the_point_of_a_full_sync_under_way_survives_a_restart_until_acknowledged() {
+    let tmp = TempDir::new().unwrap();
+    let mut store = store_with_two(tmp.path());
+    let pending = json!({"cycle": 1, "point": 77, "clones": ["/srv/pool/clones/fs1/1/data.img"]});
+    assert_eq!(
+        store.source_pending("fs1", &pending).unwrap(),
+        Change::Created
+    );
+    assert_eq!(
+        store.source_pending("fs1", &pending).unwrap(),
+        Change::Unchanged
+    );
+    drop(store);
+    let mut store = open(tmp.path());
+    let state = store.source_state("fs1").unwrap().unwrap();
+    assert_eq!(
+        (state.last_acked, state.initial_done, &state.pending),
+        (None, false, &pending)
+    );
+    store.source_acked("fs1", 1, &json!(["a"])).unwrap();
+    let state = store.source_state("fs1").unwrap().unwrap();
+    assert_eq!((state.initial_done, &state.pending), (true, &json!(null)));
+    let err = store.source_pending("ghost", &pending).unwrap_err();
+    assert!(matches!(err, StateError::UnknownVfs { .. }), "{err:?}");
 }
