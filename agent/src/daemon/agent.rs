@@ -381,6 +381,7 @@ impl Agent {
             tracking: self.tracker.status(self.config.tracking.top_writers),
             peers: Default::default(),
             replication: Vec::new(),
+            replication_status: Vec::new(),
             paused: Vec::new(),
             vfs_volumes: Vec::new(),
         }

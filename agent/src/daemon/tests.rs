@@ -415,3 +415,6 @@ mod at_risk {
 
 #[path = "gap_tests.rs"]
 mod gap_checks;
+
+#[path = "status_tests.rs"]
+mod status_checks;
