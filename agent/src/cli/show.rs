@@ -88,7 +88,8 @@ pub fn status(r: &StatusReport) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     for v in &r.replication_status {
-        o.push_str(&super::show_replication::vfs_block(v, now_ms));
+        let paused = r.paused.iter().find(|p| p.vfs == v.vfs);
+        o.push_str(&super::show_replication::vfs_block(v, paused, now_ms));
     }
     if !r.vfs_volumes.is_empty() {
         let _ = writeln!(o, "\n{:<24} {:<6} STATE", "VFS VOLUME", "READY");

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::show::bytes;
 use crate::{
-    api::{NextCycleWhy, ReplicationState, VfsReplicationStatus},
+    api::{NextCycleWhy, Paused, ReplicationState, VfsReplicationStatus},
     daemon::CycleReport,
 };
 
@@ -90,8 +90,8 @@ pub fn replicated(r: &CycleReport) -> String {
     o
 }
 
-/// The block of one VFS in `vfsdr status`.
-pub fn vfs_block(s: &VfsReplicationStatus, now_unix_ms: u64) -> String {
+/// The block of one VFS in `vfsdr status`, with its pause if it is paused.
+pub fn vfs_block(s: &VfsReplicationStatus, paused: Option<&Paused>, now_unix_ms: u64) -> String {
     let mut o = String::new();
     let state = match s.state {
         ReplicationState::NeverReplicated => "never replicated".to_owned(),
@@ -103,12 +103,30 @@ pub fn vfs_block(s: &VfsReplicationStatus, now_unix_ms: u64) -> String {
             ),
             None => "running".to_owned(),
         },
-        ReplicationState::Paused => format!(
-            "PAUSED: {}",
-            s.paused_reason.as_deref().unwrap_or("no reason given")
-        ),
+        ReplicationState::Paused => "PAUSED".to_owned(),
     };
     let _ = writeln!(o, "\nreplication of {} to {}: {state}", s.vfs, s.peer);
+    match (s.state, paused) {
+        (_, Some(p)) => {
+            let _ = writeln!(
+                o,
+                "  replication paused: DR pool full at {} (needs {}, free {}); {} cycle(s) refused since {}, retried every interval",
+                p.site,
+                bytes(p.needs as f64),
+                bytes(p.free as f64),
+                p.refused_cycles,
+                utc(p.since_unix_s * 1000)
+            );
+        }
+        (ReplicationState::Paused, None) => {
+            let _ = writeln!(
+                o,
+                "  replication paused: {}",
+                s.paused_reason.as_deref().unwrap_or("no reason given")
+            );
+        }
+        _ => {}
+    }
     match &s.last_point {
         Some(p) => {
             let (when, lag) = match (p.point_unix_ms, s.rpo_lag_ms) {
@@ -241,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_vfs_block_says_lag_ratio_rates_phases_and_next_cycle() {
-        let text = vfs_block(&status(), NOW);
+        let text = vfs_block(&status(), None, NOW);
         let expected = "
 replication of fs1 to dr1: idle
   consistent point  RPO lag 12.3 s  (cycle 12, snapshot 12, 2025-11-25 22:14:22.823 UTC)
@@ -269,7 +287,7 @@ replication of fs1 to dr1: idle
             },
             ..status()
         };
-        let text = vfs_block(&s, NOW);
+        let text = vfs_block(&s, None, NOW);
         assert!(text.contains("fs1 to dr1: running (for 1.5 s)"), "{text}");
         assert!(text.contains("consistent point  none yet"), "{text}");
         assert!(text.contains("data at risk      4.0 MiB\n"), "{text}");
@@ -280,9 +298,24 @@ replication of fs1 to dr1: idle
             paused_reason: Some("the pool /pool of the DR site dr1 is full".into()),
             ..status()
         };
+        let pause = Paused {
+            vfs: "fs1".into(),
+            site: "dr1".into(),
+            pool: "/pool".into(),
+            needs: 64 << 20,
+            free: 20 << 20,
+            since_unix_s: NOW / 1000,
+            refused_cycles: 2,
+        };
+        let text = vfs_block(&paused, Some(&pause), NOW);
         assert!(
-            vfs_block(&paused, NOW)
-                .contains("fs1 to dr1: PAUSED: the pool /pool of the DR site dr1 is full"),
+            text.contains("fs1 to dr1: PAUSED\n  replication paused: DR pool full at dr1 (needs 64.0 MiB, free 20.0 MiB); 2 cycle(s) refused since 2025-11-25 22:14:35.000 UTC, retried every interval\n"),
+            "{text}"
+        );
+        let text = vfs_block(&paused, None, NOW);
+        assert!(
+            text.contains("  replication paused: the pool /pool of the DR site dr1 is full\n"),
+            "{text}"
         );
     }
 
