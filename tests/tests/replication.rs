@@ -289,5 +289,18 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         r3["changed_bytes"].as_u64().unwrap_or(u64::MAX) < MIB,
         "{r3}"
     );
+    // After a restart the status still has the point, from the store, to the millisecond.
+    agent_a.stop()?;
+    let agent_a = Agent::start(&a, &a_config)?;
+    let s = &agent_a.status()?["replication_status"][0];
+    ensure!(
+        s["state"] == "idle"
+            && s["last_point"]["cycle"] == r3["cycle"]
+            && s["last_point"]["point_unix_ms"] == r3["point_unix_ms"]
+            && s["rpo_lag_ms"].as_u64().is_some()
+            && s["last_cycle"].is_null()
+            && s["next_cycle"]["why"] == "first_after_start",
+        "{s}"
+    );
     Ok(())
 }
