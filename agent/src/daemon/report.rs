@@ -3,6 +3,13 @@
 //!
 //! The derived figures (compression ratio, throughputs) are computed once, when the report is
 //! made, by the pure functions here, so the CLI, the status and the journal show the same values.
+//!
+//! The `cycle_done` event (journal fields, see `logging.rs`): `SITE`, `VFS`, `EVENT=cycle_done`,
+//! `CYCLE`, `SNAPSHOT`, `FULL`, `POINT_UNIX_MS`, `RPO_LAG_MS` (the point's age when logged),
+//! `CHANGED_BYTES`, `ZEROED_BYTES`, `WIRE_BYTES`, `COMPRESSION_RATIO` (0 when nothing was
+//! sent), `CHANGED_BYTES_PER_S`, `WIRE_BYTES_PER_S`, `FREEZE_WINDOW_MS`, `DURATION_MS`,
+//! `POINT_MS`, `DIFF_MS`, `SHIP_COMMIT_MS`, `ACK_MS`, `NEXT_CYCLE_IN_MS` (absent when none is
+//! scheduled), `TRACKER_GAPS`.
 use serde::{Deserialize, Serialize};
 
 /// Where a cycle's time went, in milliseconds, as far as the active site can tell.
