@@ -107,6 +107,90 @@ pub struct Paused {
     pub refused_cycles: u64,
 }
 
+/// What a VFS's replication is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationState {
+    /// No cycle was ever acknowledged and none is running.
+    NeverReplicated,
+    /// Waiting for its next cycle.
+    Idle,
+    /// A cycle is running (since `running_since_unix_ms`).
+    Running,
+    /// Cycles are refused (see `paused_reason`); they are retried every interval.
+    Paused,
+}
+
+/// The DR site's latest consistent point of a VFS, as the active site knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsistentPoint {
+    /// The cycle that made it, and the DR site's snapshot holding it.
+    pub cycle: u64,
+    pub snapshot: u64,
+    /// When it was taken (milliseconds since the Unix epoch); `None` if not recorded (an older
+    /// agent acknowledged it).
+    pub point_unix_ms: Option<u64>,
+}
+
+/// Why the next cycle starts when it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NextCycleWhy {
+    /// The first cycle after the agent started (at most a minute after, sooner with a short
+    /// interval).
+    FirstAfterStart,
+    /// The configured interval from the start of the last cycle.
+    Interval,
+    /// Replication is paused: the refused cycle is retried after the interval.
+    RetryPaused,
+    /// The data at risk passed `trigger_at_risk_bytes`: at the scheduler's next tick.
+    AtRiskTrigger,
+    /// The interval has passed while a cycle runs: the next starts when it ends.
+    AfterRunning,
+    /// This site has no peer link: cycles are not scheduled.
+    NoPeerLink,
+}
+
+/// When the scheduler starts the next cycle of a VFS (or earlier, when the data at risk
+/// passes the trigger).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NextCycle {
+    pub why: NextCycleWhy,
+    /// In how many milliseconds; 0: at the next tick (every second); `None`: not known now.
+    pub in_ms: Option<u64>,
+    /// At what time (milliseconds since the Unix epoch), when known.
+    pub unix_ms: Option<u64>,
+}
+
+/// The replication of one VFS active at this site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VfsReplicationStatus {
+    pub vfs: String,
+    /// Its DR site.
+    pub peer: String,
+    pub state: ReplicationState,
+    /// When the running cycle started (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub running_since_unix_ms: Option<u64>,
+    /// Why replication is paused.
+    #[serde(default)]
+    pub paused_reason: Option<String>,
+    /// The DR site's latest consistent point; `None` before the first acknowledged cycle.
+    pub last_point: Option<ConsistentPoint>,
+    /// The RPO lag: how old the latest consistent point was when the agent answered
+    /// (milliseconds); `None` without a point or its time.
+    pub rpo_lag_ms: Option<u64>,
+    /// Bytes written to its volumes since the start of the last cycle (the eBPF tracker).
+    pub at_risk_bytes: u64,
+    /// The configured amount of data at risk that starts a cycle early.
+    pub trigger_at_risk_bytes: Option<u64>,
+    /// The configured interval between cycles (seconds).
+    pub interval_s: u64,
+    /// The last cycle committed since the agent started.
+    pub last_cycle: Option<crate::daemon::CycleReport>,
+    pub next_cycle: NextCycle,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VfsInfo {
     pub name: String,
@@ -138,9 +222,14 @@ pub struct StatusReport {
     /// Health of each peer site, by name (empty without a peer link).
     #[serde(default)]
     pub peers: std::collections::BTreeMap<String, crate::peer::PeerHealth>,
-    /// The last replication cycle of each VFS active here.
+    /// The last replication cycle of each VFS active here that had one since the agent
+    /// started (also in `replication_status`; kept for scripts).
     #[serde(default)]
     pub replication: Vec<crate::daemon::CycleReport>,
+    /// The replication of each VFS active here: state, last consistent point and RPO lag,
+    /// last cycle, next cycle, data at risk.
+    #[serde(default)]
+    pub replication_status: Vec<VfsReplicationStatus>,
     /// VFSs whose replication is paused (their DR pool is full).
     #[serde(default)]
     pub paused: Vec<Paused>,

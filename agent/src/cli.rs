@@ -1,5 +1,6 @@
 //! The `vfsdr` command line: the daemon (`agent`) and the operator commands.
 mod show;
+mod show_replication;
 mod verify;
 mod vfs;
 

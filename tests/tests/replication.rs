@@ -15,6 +15,70 @@ use vfsdr_lab::{
 
 const MIB: u64 = 1 << 20;
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The per-VFS replication status after cycle `last` (from `vfsdr replicate --now --json`),
+/// asked between `asked` and `answered` (ms since the Unix epoch): its point and RPO lag, the
+/// cycle's ratio, throughput and phases, the next cycle.
+fn per_vfs_status(s: &Value, last: &Value, asked: u64, answered: u64) -> anyhow::Result<()> {
+    ensure!(s["vfs"] == "fs1" && s["state"] == "idle", "{s}");
+    ensure!(s["last_point"]["cycle"] == last["cycle"], "{s}");
+    let point = last["point_unix_ms"].as_u64().context("point_unix_ms")?;
+    ensure!(
+        s["last_point"]["point_unix_ms"].as_u64() == Some(point),
+        "{s}"
+    );
+    ensure!(
+        last["point_unix_s"].as_u64() == Some(point / 1000),
+        "{last}"
+    );
+    // The agent measured the lag while answering: between the two reads of the clock.
+    let lag = s["rpo_lag_ms"].as_u64().context("rpo_lag_ms")?;
+    ensure!(
+        asked - point <= lag && lag <= answered - point,
+        "lag {lag} ms, asked {} ms and answered {} ms after the point",
+        asked - point,
+        answered - point
+    );
+    let c = &s["last_cycle"];
+    ensure!(c["cycle"] == last["cycle"], "{s}");
+    let (changed, wire) = (
+        c["changed_bytes"].as_f64().context("changed")?,
+        c["wire_bytes"].as_f64().context("wire")?,
+    );
+    let ratio = c["compression_ratio"].as_f64().context("ratio")?;
+    ensure!((ratio - changed / wire).abs() < 1e-9 && ratio > 0.0, "{c}");
+    let ms = |k: &str| c["phases"][k].as_f64().unwrap_or(-1.0);
+    let duration = c["duration_ms"].as_f64().context("duration")?;
+    let phases = ms("point_ms") + ms("diff_ms") + ms("ship_commit_ms") + ms("ack_ms");
+    ensure!(
+        ms("point_ms") >= c["freeze_window_ms"].as_f64().unwrap_or(f64::MAX)
+            && ms("diff_ms") >= 0.0
+            && ms("ship_commit_ms") > 0.0
+            && ms("ack_ms") >= 0.0
+            && phases <= duration + 1.0,
+        "{c}"
+    );
+    let rate = c["changed_bytes_per_s"].as_f64().unwrap_or(0.0);
+    ensure!(
+        (rate - changed * 1000.0 / duration).abs() < 1.0
+            && c["wire_bytes_per_s"].as_f64() > Some(0.0),
+        "{c}"
+    );
+    // `interval: 1h`, counted from the cycle's start.
+    let next = &s["next_cycle"];
+    ensure!(
+        next["why"] == "interval" && next["in_ms"].as_u64().is_some_and(|ms| ms <= 3_600_000),
+        "{s}"
+    );
+    ensure!(s["at_risk_bytes"].as_u64().is_some(), "{s}");
+    Ok(())
+}
+
 /// Mounts a snapshot image read-only (a clone of a frozen XFS: `nouuid,norecovery`), runs `f`
 /// on the mount point, unmounts.
 fn with_snapshot<T>(
@@ -177,8 +241,29 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         browse.display()
     ))?;
     ensure!(found, "snapshot 1 does not hold the first state");
+    let asked = unix_ms();
     let status: Value = serde_json::from_str(&agent_a.cli(["status", "--json"])?)?;
+    let answered = unix_ms();
     ensure!(status["replication"][0]["cycle"] == r2["cycle"], "{status}");
+    per_vfs_status(&status["replication_status"][0], &r2, asked, answered)?;
+    let human = agent_a.cli(["status"])?;
+    ensure!(
+        human.contains("replication of fs1 to site-b: idle") && human.contains("RPO lag "),
+        "{human}"
+    );
+    let log = agent_a.log_text();
+    ensure!(
+        [
+            "cycle_done",
+            "rpo_lag_ms=",
+            "compression_ratio=",
+            "ship_commit_ms=",
+            "next_cycle_in_ms="
+        ]
+        .iter()
+        .all(|f| log.contains(f)),
+        "the cycle_done event lacks fields: {log}"
+    );
     ensure!(
         agent_b.log_text().contains("cycle_committed"),
         "{}",
@@ -203,6 +288,19 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     ensure!(
         r3["changed_bytes"].as_u64().unwrap_or(u64::MAX) < MIB,
         "{r3}"
+    );
+    // After a restart the status still has the point, from the store, to the millisecond.
+    agent_a.stop()?;
+    let agent_a = Agent::start(&a, &a_config)?;
+    let s = &agent_a.status()?["replication_status"][0];
+    ensure!(
+        s["state"] == "idle"
+            && s["last_point"]["cycle"] == r3["cycle"]
+            && s["last_point"]["point_unix_ms"] == r3["point_unix_ms"]
+            && s["rpo_lag_ms"].as_u64().is_some()
+            && s["last_cycle"].is_null()
+            && s["next_cycle"]["why"] == "first_after_start",
+        "{s}"
     );
     Ok(())
 }

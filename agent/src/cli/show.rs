@@ -88,46 +88,12 @@ pub fn status(r: &StatusReport) -> String {
             );
         }
     }
-    if !r.replication.is_empty() {
-        let _ = writeln!(
-            o,
-            "\n{:<12} {:>8} {:>10} {:>12} {:>12} {:>10}  CONSISTENT POINT (unix s)",
-            "VFS", "CYCLE", "SNAPSHOT", "CHANGED", "WIRE", "FREEZE"
-        );
-        for c in &r.replication {
-            let _ = writeln!(
-                o,
-                "{:<12} {:>8} {:>10} {:>12} {:>12} {:>8.1}ms  {}",
-                c.vfs,
-                c.cycle,
-                c.snapshot,
-                bytes(c.changed_bytes as f64),
-                bytes(c.wire_bytes as f64),
-                c.freeze_window_ms,
-                c.point_unix_s
-            );
-            for t in &c.tracker_check {
-                let _ = writeln!(
-                    o,
-                    "{:<12} tracker check {}: {}",
-                    "",
-                    t.volume,
-                    tracker_check(&t.check)
-                );
-            }
-        }
-    }
-    for p in &r.paused {
-        let _ = writeln!(
-            o,
-            "\n{}: replication paused: DR pool full at {} (needs {}, free {}); {} cycle(s) refused since {}, retried every interval",
-            p.vfs,
-            p.site,
-            bytes(p.needs as f64),
-            bytes(p.free as f64),
-            p.refused_cycles,
-            p.since_unix_s
-        );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in &r.replication_status {
+        let paused = r.paused.iter().find(|p| p.vfs == v.vfs);
+        o.push_str(&super::show_replication::vfs_block(v, paused, now_ms));
     }
     if !r.vfs_volumes.is_empty() {
         let _ = writeln!(o, "\n{:<24} {:<6} STATE", "VFS VOLUME", "READY");

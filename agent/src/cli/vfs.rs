@@ -202,30 +202,7 @@ pub fn replicate(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!(
-                    "{} cycle {} committed as snapshot {} at the DR site: {} changed, {} zeroed, {} on the wire, write freeze {:.1} ms, {:.2} s",
-                    if r.full { "full" } else { "incremental" },
-                    r.cycle,
-                    r.snapshot,
-                    super::show::bytes(r.changed_bytes as f64),
-                    super::show::bytes(r.zeroed_bytes as f64),
-                    super::show::bytes(r.wire_bytes as f64),
-                    r.freeze_window_ms,
-                    r.duration_ms as f64 / 1000.0
-                );
-                for t in &r.tracker_check {
-                    println!(
-                        "  tracker check {}: {}",
-                        t.volume,
-                        super::show::tracker_check(&t.check)
-                    );
-                }
-                if r.resumed_bytes > 0 {
-                    println!(
-                        "the interrupted copy resumed: {} were at the DR site already",
-                        super::show::bytes(r.resumed_bytes as f64)
-                    );
-                }
+                print!("{}", super::show_replication::replicated(&r));
             }
             Ok(ExitCode::SUCCESS)
         }

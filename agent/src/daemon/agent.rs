@@ -390,6 +390,7 @@ impl Agent {
             }),
             peers: Default::default(),
             replication: Vec::new(),
+            replication_status: Vec::new(),
             paused: Vec::new(),
             vfs_volumes: Vec::new(),
             progress: Vec::new(),

@@ -4,10 +4,7 @@ use vfsdr_common::{EXTENT_WRITE, counter};
 use super::*;
 use crate::{
     config::{Pool, Resources, test_vfs},
-    daemon::{
-        Cycles,
-        replicate::{CycleOutcome, CycleReport},
-    },
+    daemon::{Cycles, replicate::CycleOutcome, report::CycleReport},
     replication::{gap::GapResult, wire::PoolFull},
     tracking::{BlockRange, BlockSet, FakeProbes},
     volumes::DevId,
@@ -54,7 +51,7 @@ fn cycle(agent: &mut Agent, cycle: u64, full: bool, changed: &[(u64, u64)]) -> G
             duration_ms: 0,
             point_unix_s: 0,
             tracker_check: Vec::new(),
-            resumed_bytes: 0,
+            ..Default::default()
         },
         changed: vec![("data".into(), blocks(changed))],
     };
@@ -131,7 +128,7 @@ fn writes_between_the_mark_and_the_point_count_and_a_failed_cycle_keeps_the_wind
             duration_ms: 0,
             point_unix_s: 0,
             tracker_check: Vec::new(),
-            resumed_bytes: 0,
+            ..Default::default()
         },
         changed: vec![("data".into(), blocks(&[(5, 6), (7, 8)]))],
     };

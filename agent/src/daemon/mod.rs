@@ -5,6 +5,8 @@ mod agent;
 mod gap;
 mod pause;
 mod replicate;
+mod report;
+mod status;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -22,7 +24,8 @@ use std::{
 };
 
 pub use agent::{Agent, AgentError, Handled, Kernel, ReloadSummary};
-pub use replicate::{CycleReport, volume_image};
+pub use replicate::volume_image;
+pub use report::{CyclePhases, CycleReport};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
@@ -217,6 +220,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                         report.peers = l.status.snapshot();
                     }
                     report.replication = cycles.last.values().cloned().collect();
+                    report.replication_status = cycles.statuses(&agent, link.is_some());
                     report.paused = cycles.paused.values().cloned().collect();
                     // A cycle shows once its size is known (cycles are numbered from 1).
                     report.progress = cycles.progress.values().map(|p| p.report()).filter(|r| r.cycle > 0).collect();
@@ -363,6 +367,12 @@ fn forward(
 /// How long after start the first scheduled cycle of a VFS runs, at most.
 const FIRST_CYCLE_DELAY: Duration = Duration::from_secs(60);
 
+/// How long after start the first scheduled cycle of `def` runs: its interval, at most
+/// [`FIRST_CYCLE_DELAY`].
+fn first_delay(def: &crate::config::VfsDef) -> Duration {
+    Duration::from_secs(def.replication.interval_s).min(FIRST_CYCLE_DELAY)
+}
+
 /// A finished cycle, back from its thread.
 struct CycleDone {
     vfs: String,
@@ -380,6 +390,8 @@ struct Cycles {
     paused: std::collections::BTreeMap<String, api::Paused>,
     /// How far each running cycle got.
     progress: std::collections::BTreeMap<String, Arc<crate::replication::progress::Progress>>,
+    /// The latest cycle started of each VFS since the agent started (see `status.rs`).
+    starts: HashMap<String, status::LastStart>,
 }
 
 impl Cycles {
@@ -390,8 +402,10 @@ impl Cycles {
         for def in &agent.config().vfs {
             // The first cycle after start waits a little for the peer link and the DR site's
             // copy of the definition (`vfsdr replicate --now` does not wait).
-            let first = Duration::from_secs(def.replication.interval_s).min(FIRST_CYCLE_DELAY);
-            let due = *self.next_due.entry(def.name.clone()).or_insert(now + first);
+            let due = *self
+                .next_due
+                .entry(def.name.clone())
+                .or_insert(now + first_delay(def));
             if self.running.contains(&def.name) {
                 continue;
             }
@@ -461,6 +475,13 @@ impl Cycles {
             .insert(def.name.clone(), Instant::now() + interval);
         self.running.insert(def.name.clone());
         let def_name = def.name.clone();
+        self.starts.insert(
+            def.name.clone(),
+            status::LastStart {
+                unix_ms: report::unix_ms_now(),
+                running: true,
+            },
+        );
         let job = replicate::CycleJob {
             def,
             pool,
@@ -483,25 +504,40 @@ impl Cycles {
             });
         if let Err(e) = spawned {
             self.running.remove(&vfs);
+            self.ended(&vfs);
             agent.abort_gap_windows(&vfs);
             self.progress.remove(&vfs);
             tracing::error!(vfs = %vfs, event = "cycle_failed", error = %e, "cannot start the cycle thread");
         }
     }
 
+    /// The cycle of `vfs` is no longer running.
+    fn ended(&mut self, vfs: &str) {
+        if let Some(s) = self.starts.get_mut(vfs) {
+            s.running = false;
+        }
+    }
+
     fn finish(&mut self, agent: &mut Agent, site: &str, done: CycleDone) {
         self.running.remove(&done.vfs);
         self.progress.remove(&done.vfs);
+        self.ended(&done.vfs);
         let response = match done.result {
             Ok(mut outcome) => {
                 agent.check_tracker_gaps(&mut outcome);
                 let r = outcome.report;
                 self.resumed(site, &r.vfs, r.cycle);
-                tracing::info!(site = %site, vfs = %r.vfs, event = "cycle_done", cycle = r.cycle, snapshot = r.snapshot,
-                    full = r.full, resumed_bytes = r.resumed_bytes, changed_bytes = r.changed_bytes, zeroed_bytes = r.zeroed_bytes, wire_bytes = r.wire_bytes,
-                    freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms,
-                    tracker_gaps = r.tracker_check.iter().filter(|c| c.is_gap()).count(),
-                    "replication cycle committed at the DR site");
+                let next = agent
+                    .config()
+                    .vfs
+                    .iter()
+                    .find(|d| d.name == r.vfs)
+                    .and_then(|def| {
+                        let schedule = self.schedule(agent, def, true);
+                        status::next_cycle(&schedule, Instant::now(), report::unix_ms_now()).in_ms
+                    });
+                let gaps = r.tracker_check.iter().filter(|c| c.is_gap()).count();
+                report::log_cycle_done(site, &r, gaps, next);
                 self.last.insert(r.vfs.clone(), r.clone());
                 Response::Replicated(r)
             }

@@ -8,8 +8,6 @@ use std::{
     time::Instant,
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
     config::{Config, VfsDef},
     peer::{DataConn, DataPurpose, PeerClient, PeerContext},
@@ -26,6 +24,8 @@ use crate::{
     },
     state::Store,
 };
+
+use super::report::{CyclePhases, CycleReport, unix_ms_now};
 
 /// Where a VFS volume's image lives in the active site's pool.
 pub fn volume_image(pool: &Path, vfs: &str, volume: &str) -> PathBuf {
@@ -123,32 +123,6 @@ pub struct CycleJob {
     pub progress: Arc<Progress>,
 }
 
-/// The outcome of one cycle, for `vfsdr replicate`, `vfsdr status` and journald.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CycleReport {
-    pub vfs: String,
-    pub cycle: u64,
-    pub snapshot: u64,
-    /// A full copy (no previous point).
-    pub full: bool,
-    pub changed_bytes: u64,
-    pub zeroed_bytes: u64,
-    /// Bytes on the wire (frames, compressed).
-    pub wire_bytes: u64,
-    pub freeze_window_ms: f64,
-    pub duration_ms: u64,
-    /// When the point was taken (seconds since the Unix epoch): the consistent point the DR
-    /// site now has.
-    pub point_unix_s: u64,
-    /// Per volume: did the eBPF tracker see every block FIEMAP found changed?
-    #[serde(default)]
-    pub tracker_check: Vec<crate::replication::gap::VolumeGap>,
-    /// Bytes of an interrupted full copy that the DR site held already: this attempt resumed
-    /// after them.
-    #[serde(default)]
-    pub resumed_bytes: u64,
-}
-
 /// A cycle done: its report, and per volume (in the definition's order) the blocks FIEMAP found
 /// changed, for the tracker-gap check.
 pub struct CycleOutcome {
@@ -244,7 +218,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 usable
             }),
     };
-    let (point, point_id, point_unix_s) = match pending {
+    let (point, point_id, point_unix_ms) = match pending {
         Some(p) => {
             tracing::info!(vfs = %vfs, event = "pending_point_reused", cycle, point = p.point,
                 "the interrupted full copy goes on from the point it started with");
@@ -253,7 +227,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 clones: p.clones,
                 freeze_window: Default::default(),
             };
-            (point, p.point, p.taken_unix)
+            (point, p.point, p.taken_unix * 1000)
         }
         None => {
             // Clones an interrupted attempt at this cycle left behind.
@@ -268,9 +242,8 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
             }
             let point = take_point(&mut images, &volumes, cycle, &clones_dir)?;
             let id = new_point_id();
-            let taken = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let taken_ms = unix_ms_now();
+            let taken = taken_ms / 1000;
             if prev.is_none() {
                 let pending = PendingPoint {
                     cycle,
@@ -284,10 +257,15 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                     return Err(e.into());
                 }
             }
-            (point, id, taken)
+            (point, id, taken_ms)
         }
     };
+    let mut phases = CyclePhases {
+        point_ms: ms(started.elapsed()),
+        ..Default::default()
+    };
     let result = (|| {
+        let diffing = Instant::now();
         let d = delta(&mut images, prev.as_ref(), &point)?;
         let (changed, zeroed) = d.iter().fold((0, 0), |acc, c| {
             let (a, b) = extents::total(c);
@@ -315,6 +293,8 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 })
                 .collect(),
         };
+        phases.diff_ms = ms(diffing.elapsed());
+        let shipping = Instant::now();
         let peer = job.def.replication.peer.clone();
         let codec = Codec::from(job.def.replication.compression);
         let limit = job.def.replication.bandwidth_limit_bytes_per_s;
@@ -332,6 +312,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
             let pieces = resumed_pieces(&mut images, &point, &d, &job.progress);
             Ok::<_, CycleFailure>(session::send(stream, &begin, pieces, codec, limit).await?)
         })?;
+        phases.ship_commit_ms = ms(shipping.elapsed());
         let blocks = volumes
             .iter()
             .zip(&d)
@@ -342,14 +323,17 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
     })();
     match result {
         Ok((sent, changed, zeroed, blocks, resumed)) => {
+            let acking = Instant::now();
             store.source_acked(
                 &vfs,
                 cycle,
                 &serde_json::to_value(&point.clones).unwrap_or_default(),
+                Some(point_unix_ms),
             )?;
             if let Some(p) = &prev {
                 let _ = drop_point(&mut images, p);
             }
+            phases.ack_ms = ms(acking.elapsed());
             let report = CycleReport {
                 vfs,
                 cycle,
@@ -360,10 +344,13 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 wire_bytes: sent.stats.wire_bytes,
                 freeze_window_ms: point.freeze_window.as_secs_f64() * 1000.0,
                 duration_ms: started.elapsed().as_millis() as u64,
-                point_unix_s,
-                tracker_check: Vec::new(),
+                point_unix_s: point_unix_ms / 1000,
+                point_unix_ms,
+                phases,
                 resumed_bytes: resumed,
-            };
+                ..Default::default()
+            }
+            .with_rates();
             Ok(CycleOutcome {
                 report,
                 changed: blocks,
@@ -392,4 +379,9 @@ fn resumed_pieces<'a>(
         progress.start(data_below(d, offsets));
         Counted::new(Pieces::new(images, point, skip_below(d, offsets)), progress)
     }
+}
+
+/// A duration in milliseconds, with microsecond resolution.
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

@@ -441,3 +441,5 @@ fn the_writers_probe_follows_the_config_and_its_counts_hide_when_off() {
     assert!(probes.state.lock().unwrap().writers_on);
     assert_eq!(writers(&mut agent), 1);
 }
+#[path = "status_tests.rs"]
+mod status_checks;

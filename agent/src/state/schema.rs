@@ -97,7 +97,9 @@ CREATE INDEX shortage_by_vfs ON shortage (vfs);
 /// - `last_acked`: the last cycle the DR site acknowledged as a committed snapshot, NULL
 ///   before the first;
 /// - `clone`: JSON, the paths of the clones of the volumes taken at `last_acked`, the base of
-///   the next delta;
+///   the next delta; agents that know the time of that point store
+///   `{"clones": <the paths>, "point_unix_ms": <time>}` instead (no new column needed; see
+///   `snapshots.rs`);
 /// - `initial_done`: 1 once a full sync was acknowledged, 0 while one is needed or under way;
 /// - `updated_unix`: when the row last changed (seconds since the Unix epoch).
 const V2: &str = "

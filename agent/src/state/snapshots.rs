@@ -96,6 +96,9 @@ pub struct SourceState {
     pub clones: Value,
     /// A full sync was acknowledged and none is needed since ([`Store::source_resync`]).
     pub initial_done: bool,
+    /// When the point of `last_acked` was taken (milliseconds since the Unix epoch): the time
+    /// of the DR site's latest consistent point. `None` if not recorded (an older agent).
+    pub point_unix_ms: Option<u64>,
     /// When this last changed (seconds since the Unix epoch).
     pub updated_unix: u64,
     /// The point of a full sync under way ([`Store::source_pending`]), `null` when none.
@@ -237,13 +240,38 @@ fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError
     let Some((acked, clones, initial_done, updated, pending)) = row.map_err(|e| db.fail(e))? else {
         return Ok(None);
     };
+    let stored: Value = serde_json::from_str(&clones).map_err(|e| db.decode(vfs, "clones", e))?;
+    let (clones, point_unix_ms) = split_point(stored);
     Ok(Some(SourceState {
         last_acked: acked.map(|c| db.u64(vfs, "acked cycle", c)).transpose()?,
-        clones: serde_json::from_str(&clones).map_err(|e| db.decode(vfs, "clones", e))?,
+        clones,
         initial_done: initial_done != 0,
+        point_unix_ms,
         updated_unix: db.u64(vfs, "progress time", updated)?,
         pending: serde_json::from_str(&pending).map_err(|e| db.decode(vfs, "pending point", e))?,
     }))
+}
+
+/// The `clone` column of `source_cycle` holds the clones' JSON as given to
+/// [`Store::source_acked`] or, when the point's time is known,
+/// `{"clones": <that JSON>, "point_unix_ms": <time>}`. Which one was stored is told by the
+/// `point_unix_ms` key (the clones are never an object with that key).
+fn join_point(clones: &Value, point_unix_ms: Option<u64>) -> Value {
+    match point_unix_ms {
+        Some(ms) => serde_json::json!({ "clones": clones, "point_unix_ms": ms }),
+        None => clones.clone(),
+    }
+}
+
+/// The clones and the point's time of a stored `clone` column (see [`join_point`]).
+fn split_point(stored: Value) -> (Value, Option<u64>) {
+    match stored {
+        Value::Object(mut o) if o.contains_key("point_unix_ms") && o.contains_key("clones") => {
+            let ms = o.get("point_unix_ms").and_then(Value::as_u64);
+            (o.remove("clones").unwrap_or(Value::Null), ms)
+        }
+        other => (other, None),
+    }
 }
 
 fn require_vfs(db: &Db<'_>, vfs: &str) -> Result<(), StateError> {
@@ -556,27 +584,31 @@ impl Store {
     /// `clones`, the base of the next delta; this also ends a needed full sync (the first
     /// cycle, and the first after [`Store::source_resync`], is one). The same cycle and clones
     /// again are `Unchanged`; an older cycle, or the same with other clones, is
-    /// [`StateError::StaleCycle`].
+    /// [`StateError::StaleCycle`]. `point_unix_ms` is when the point of `cycle` was taken
+    /// (milliseconds since the Unix epoch), if known.
     pub fn source_acked(
         &mut self,
         vfs: &str,
         cycle: u64,
         clones: &Value,
+        point_unix_ms: Option<u64>,
     ) -> Result<Change, StateError> {
         let cycle_db = to_db(vfs, "cycle", cycle)?;
-        let json = encode(vfs, "clones", clones)?;
+        let json = encode(vfs, "clones", &join_point(clones, point_unix_ms))?;
         let op = || format!("record cycle {cycle} of VFS {vfs} as acknowledged");
         self.write(&op, |db| {
             require_vfs(db, vfs)?;
             let stored = load_source(db, vfs)?;
             match stored
                 .as_ref()
-                .and_then(|s| s.last_acked.map(|l| (l, &s.clones)))
+                .and_then(|s| s.last_acked.map(|l| (l, &s.clones, s.point_unix_ms)))
             {
-                Some((last, stored)) if last == cycle && stored == clones => {
+                Some((last, stored, at))
+                    if last == cycle && stored == clones && at == point_unix_ms =>
+                {
                     return Ok(Change::Unchanged);
                 }
-                Some((last, _)) if last >= cycle => {
+                Some((last, _, _)) if last >= cycle => {
                     return Err(StateError::StaleCycle {
                         vfs: vfs.to_string(),
                         cycle,

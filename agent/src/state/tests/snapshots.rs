@@ -485,22 +485,22 @@ fn the_source_records_acknowledged_cycles() {
     assert_eq!(store.source_state("fs1").unwrap(), None);
     let clones = |cycle: u64| json!({"data": format!("/srv/pool/clones/fs1/{cycle}/data.img")});
     assert_eq!(
-        store.source_acked("fs1", 1, &clones(1)).unwrap(),
+        store.source_acked("fs1", 1, &clones(1), None).unwrap(),
         Change::Created
     );
     assert_eq!(
-        store.source_acked("fs1", 1, &clones(1)).unwrap(),
+        store.source_acked("fs1", 1, &clones(1), None).unwrap(),
         Change::Unchanged
     );
     for (cycle, with) in [(1, clones(9)), (0, clones(0))] {
-        let err = store.source_acked("fs1", cycle, &with).unwrap_err();
+        let err = store.source_acked("fs1", cycle, &with, None).unwrap_err();
         assert!(
             matches!(err, StateError::StaleCycle { latest: 1, .. }),
             "{err:?}"
         );
     }
     assert_eq!(
-        store.source_acked("fs1", 2, &clones(2)).unwrap(),
+        store.source_acked("fs1", 2, &clones(2), None).unwrap(),
         Change::Updated
     );
     let state = store.source_state("fs1").unwrap().unwrap();
@@ -516,7 +516,7 @@ fn the_source_records_acknowledged_cycles() {
     let state = store.source_state("fs1").unwrap().unwrap();
     assert_eq!((state.last_acked, state.initial_done), (Some(2), false));
     assert_eq!(
-        store.source_acked("fs1", 3, &clones(3)).unwrap(),
+        store.source_acked("fs1", 3, &clones(3), None).unwrap(),
         Change::Updated
     );
     assert!(store.source_state("fs1").unwrap().unwrap().initial_done);
@@ -527,7 +527,9 @@ fn the_source_records_acknowledged_cycles() {
         (state.last_acked, &state.clones, state.initial_done),
         (None, &json!(null), false)
     );
-    let err = store.source_acked("ghost", 1, &json!([])).unwrap_err();
+    let err = store
+        .source_acked("ghost", 1, &json!([]), None)
+        .unwrap_err();
     assert!(matches!(err, StateError::UnknownVfs { .. }), "{err:?}");
     // The definition stays until the progress is forgotten.
     let err = store.remove_definition("fs1").unwrap_err();
@@ -535,6 +537,40 @@ fn the_source_records_acknowledged_cycles() {
     assert_eq!(store.forget_source("fs1").unwrap(), Change::Updated);
     assert_eq!(store.forget_source("fs1").unwrap(), Change::Unchanged);
     assert_eq!(store.remove_definition("fs1").unwrap(), Change::Updated);
+}
+
+#[test]
+fn the_source_keeps_the_time_of_its_point_in_milliseconds() {
+    let tmp = TempDir::new().unwrap();
+    let mut store = store_with_two(tmp.path());
+    let clones = json!(["/srv/pool/clones/fs1/1/data.img"]);
+    let at = 1_764_108_875_123;
+    assert_eq!(
+        store.source_acked("fs1", 1, &clones, Some(at)).unwrap(),
+        Change::Created
+    );
+    assert_eq!(
+        store.source_acked("fs1", 1, &clones, Some(at)).unwrap(),
+        Change::Unchanged
+    );
+    drop(store);
+    let mut store = open(tmp.path());
+    let state = store.source_state("fs1").unwrap().unwrap();
+    // The clones read back as they were given, the time beside them.
+    assert_eq!(
+        (state.last_acked, &state.clones, state.point_unix_ms),
+        (Some(1), &clones, Some(at))
+    );
+    // A full sync needed again keeps the point the DR site has.
+    store.source_resync("fs1").unwrap();
+    assert_eq!(
+        store.source_state("fs1").unwrap().unwrap().point_unix_ms,
+        Some(at)
+    );
+    // A record without the time (an older agent wrote it) reads as unknown.
+    store.source_acked("fs1", 2, &clones, None).unwrap();
+    let state = store.source_state("fs1").unwrap().unwrap();
+    assert_eq!((&state.clones, state.point_unix_ms), (&clones, None));
 }
 
 /// Thousands of snapshots per VFS: committing stays a few key lookups, listing one range scan.
@@ -600,7 +636,7 @@ fn the_point_of_a_full_sync_under_way_survives_a_restart_until_acknowledged() {
         (state.last_acked, state.initial_done, &state.pending),
         (None, false, &pending)
     );
-    store.source_acked("fs1", 1, &json!(["a"])).unwrap();
+    store.source_acked("fs1", 1, &json!(["a"]), None).unwrap();
     let state = store.source_state("fs1").unwrap().unwrap();
     assert_eq!((state.initial_done, &state.pending), (true, &json!(null)));
     let err = store.source_pending("ghost", &pending).unwrap_err();
