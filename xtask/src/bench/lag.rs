@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -42,12 +42,6 @@ pub struct LagResult {
     pub writer_time: Duration,
     /// Size of the file overwritten on each volume.
     pub load_file: u64,
-}
-
-fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub fn run(o: &LagOptions) -> anyhow::Result<LagResult> {
@@ -128,12 +122,13 @@ pub fn run(o: &LagOptions) -> anyhow::Result<LagResult> {
                     .arg(&socket)
                     .output()?;
                 let s: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-                let point = s["replication"]
+                // The agent's own figure: now minus the last consistent point, in ms.
+                let lag_ms = s["replication_status"]
                     .as_array()
                     .and_then(|a| a.iter().find(|r| r["vfs"] == "lag"))
-                    .and_then(|r| r["point_unix_s"].as_u64());
-                if let Some(p) = point {
-                    out.push((t0.elapsed().as_secs_f64(), now_s() - p as f64));
+                    .and_then(|r| r["rpo_lag_ms"].as_u64());
+                if let Some(ms) = lag_ms {
+                    out.push((t0.elapsed().as_secs_f64(), ms as f64 / 1000.0));
                 }
                 next += Duration::from_secs(1);
                 if let Some(w) = next.checked_duration_since(Instant::now()) {

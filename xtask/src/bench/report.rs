@@ -192,8 +192,8 @@ fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
          {} file on each volume in turn (buffered, no fsync), paced at {:.0} MB/s; it \
          achieved **{rate:.1} MB/s** ({} over {:.1} s). While it writes, cycles run back to back \
          (`vfsdr replicate lag --now`, {}; {} cycles), and, from the end of the first of them, \
-         `vfsdr status --json` is sampled every second: the RPO lag is the sampling time minus the last consistent point \
-         (`point_unix_s`, whole seconds, so a sample can read up to 1 s high).\n",
+         `vfsdr status --json` is sampled every second: the RPO lag is the agent's own `rpo_lag_ms` \
+         (the time of the status answer minus the last consistent point, in milliseconds).\n",
         mib(i.lag_volume_size),
         mib(l.load_file),
         i.writer_rate as f64 / 1e6,
