@@ -128,9 +128,13 @@ pub fn run_cycles(
             churn.write(i)?;
         }
         let start = Instant::now();
-        let report = pair
-            .replicate_now()
-            .with_context(|| format!("cycle of state {i}"))?;
+        let report = pair.replicate_now().with_context(|| {
+            format!(
+                "cycle of state {i}; the active site's log ends:\n{}\nthe DR site's:\n{}",
+                tail(&pair.agent_a.log_text(), 15),
+                tail(&pair.agent_b.log_text(), 15)
+            )
+        })?;
         let wall = start.elapsed();
         let n = |k: &str| -> anyhow::Result<u64> {
             report[k]
@@ -149,6 +153,12 @@ pub fn run_cycles(
         cycles.push(cycle);
     }
     Ok(cycles)
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The DR site's snapshots of the pair's VFS as `vfsdr snapshots V --json` lists them.
