@@ -115,6 +115,9 @@ pub struct Cycle {
     pub wall: Duration,
 }
 
+/// Times a cycle whose connection to the peer timed out is tried again.
+const MAX_RETRIES: usize = 3;
+
 /// Writes state `i` and replicates it, for each `i` in `states`; `each` sees every cycle.
 pub fn run_cycles(
     pair: &Pair,
@@ -128,7 +131,19 @@ pub fn run_cycles(
             churn.write(i)?;
         }
         let start = Instant::now();
-        let report = pair.replicate_now().with_context(|| {
+        let mut report = pair.replicate_now();
+        // A machine starved of CPU (other builds) can stall an agent past the peer link's
+        // 5 s connect timeout: then nothing was sent, and the cycle is tried again.
+        for _ in 0..MAX_RETRIES {
+            match &report {
+                Err(e) if format!("{e:#}").contains("connecting to peer") => {
+                    eprintln!("cycle of state {i} not started ({e:#}); again");
+                    report = pair.replicate_now();
+                }
+                _ => break,
+            }
+        }
+        let report = report.with_context(|| {
             format!(
                 "cycle of state {i}; the active site's log ends:\n{}\nthe DR site's:\n{}",
                 tail(&pair.agent_a.log_text(), 15),

@@ -23,6 +23,7 @@ use vfsdr_lab::{
 use super::{parse_size, quantile};
 
 #[derive(clap::Args)]
+#[group(id = "snapshot_options")]
 pub struct Options {
     /// snapshots: delta cycles (snapshots after the initial one).
     #[arg(long, default_value_t = 1024)]
@@ -47,6 +48,8 @@ struct Checkpoint {
     listing: Duration,
     used: u64,
     extents: u64,
+    /// A reflink of the replica image (what a commit does per volume), p50 of 3.
+    reflink: Duration,
 }
 
 struct Sample {
@@ -90,7 +93,20 @@ fn checkpoint(pair: &Pair, n: u64, pool: &Path, replica: &Path) -> anyhow::Resul
         count = list.len();
         times.push(took.as_secs_f64());
     }
+    let scratch = pool.join("bench-reflink.img");
+    let mut clones = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        sh(&format!(
+            "cp --reflink=always '{}' '{}'",
+            replica.display(),
+            scratch.display()
+        ))?;
+        clones.push(start.elapsed().as_secs_f64());
+        std::fs::remove_file(&scratch)?;
+    }
     Ok(Checkpoint {
+        reflink: Duration::from_secs_f64(quantile(&clones, 0.5)),
         n,
         listed: count,
         listing: Duration::from_secs_f64(quantile(&times, 0.5)),
@@ -293,9 +309,9 @@ fn render(r: &Rendered) -> anyhow::Result<String> {
     writeln!(o, "## Listing, space and fragmentation at checkpoints\n")?;
     writeln!(
         o,
-        "| snapshots | `vfsdr snapshots V --json` (p50 of 5) | DR pool used | pool per snapshot since the first | replica extents |"
+        "| snapshots | `vfsdr snapshots V --json` (p50 of 5) | DR pool used | pool per snapshot since the first | replica extents | `cp --reflink` of the replica (p50 of 3) |"
     )?;
-    writeln!(o, "|---|---|---|---|---|")?;
+    writeln!(o, "|---|---|---|---|---|---|")?;
     let base = r.points[0].used;
     for p in r.points {
         let per = match p.n {
@@ -304,11 +320,12 @@ fn render(r: &Rendered) -> anyhow::Result<String> {
         };
         writeln!(
             o,
-            "| {} | {:.1} ms | {:.1} MiB | {per} | {} |",
+            "| {} | {:.1} ms | {:.1} MiB | {per} | {} | {:.1} ms |",
             p.listed,
             p.listing.as_secs_f64() * 1e3,
             p.used as f64 / MIB as f64,
-            p.extents
+            p.extents,
+            p.reflink.as_secs_f64() * 1e3
         )?;
     }
     writeln!(o, "\n## Pruning\n")?;
