@@ -41,6 +41,8 @@ pub struct Options {
 
 /// The churned file has this many slots of `change` bytes.
 const SLOTS: u64 = 8;
+/// Cycles measured after the pruning.
+const AFTER: u64 = 64;
 
 struct Checkpoint {
     n: u64,
@@ -194,6 +196,19 @@ pub fn run(
         .unwrap_or(0);
     let (left, _) = listed(&pair)?;
     let after_prune = pool_used(&pool)?;
+    // The same fragmented images with few snapshots: what the series' length costs apart from
+    // the fragmentation.
+    let next = o.count + 2;
+    let few_cycles = run_cycles(&pair, &churn, next..=next + AFTER - 1, |_| Ok(()))?;
+    let dr = dr_durations(&pair.agent_b.log_text());
+    let after: Vec<Sample> = few_cycles
+        .into_iter()
+        .map(|c| Sample {
+            dr_ms: dr.get(&c.snapshot).copied().unwrap_or(0),
+            cycle: c,
+        })
+        .collect();
+    let after_point = checkpoint(&pair, next + AFTER - 1, &pool, &replica)?;
 
     let text = render(&Rendered {
         o: &o,
@@ -208,6 +223,8 @@ pub fn run(
         kept: left.len(),
         before_prune,
         after_prune,
+        after: &after,
+        after_point: &after_point,
     })?;
     let out = out.unwrap_or_else(|| crate::util::root().join("bench/results/snapshots.md"));
     std::fs::create_dir_all(out.parent().context("results dir")?)?;
@@ -230,6 +247,9 @@ struct Rendered<'a> {
     kept: usize,
     before_prune: u64,
     after_prune: u64,
+    /// Cycles after the pruning, and a checkpoint after them.
+    after: &'a [Sample],
+    after_point: &'a Checkpoint,
 }
 
 fn kib(b: f64) -> String {
@@ -281,9 +301,15 @@ fn render(r: &Rendered) -> anyhow::Result<String> {
         "| cycles | CLI wall | active site `duration_ms` | DR site receive + commit + prune |"
     )?;
     writeln!(o, "|---|---|---|---|")?;
+    let after = format!(
+        "{} after pruning to {} (replica still fragmented)",
+        r.after.len(),
+        r.kept
+    );
     for (name, s) in [
         (format!("first {window}"), head),
         (format!("last {window}"), tail),
+        (after, r.after),
     ] {
         writeln!(
             o,
@@ -313,9 +339,10 @@ fn render(r: &Rendered) -> anyhow::Result<String> {
     )?;
     writeln!(o, "|---|---|---|---|---|---|")?;
     let base = r.points[0].used;
-    for p in r.points {
+    for p in r.points.iter().chain([r.after_point]) {
         let per = match p.n {
             0 => "-".to_string(),
+            _ if std::ptr::eq(p, r.after_point) => "(after pruning)".to_string(),
             k => kib(p.used.saturating_sub(base) as f64 / k as f64),
         };
         writeln!(
