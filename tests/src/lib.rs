@@ -52,6 +52,7 @@
 //! ```
 pub mod agent;
 pub mod check;
+pub mod churn;
 mod cmd;
 mod daemon;
 mod guard;

@@ -45,6 +45,9 @@ pub struct PairOptions {
     pub interval: String,
     /// Size of each site's sparse pool file.
     pub pool_size: u64,
+    /// Lines under the VFS's `snapshots:` (e.g. `retention: [{every: all, for: 1d}]`); none:
+    /// the default retention grid.
+    pub snapshots: Vec<String>,
 }
 
 impl PairOptions {
@@ -56,6 +59,7 @@ impl PairOptions {
             replication: Vec::new(),
             interval: "1h".to_string(),
             pool_size: 8 * GIB,
+            snapshots: Vec::new(),
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Pair {
     pub b: Site,
     pub lab: Lab,
     pub options: PairOptions,
+    /// The active site's configuration file (rewrite it and send SIGHUP to change the VFS).
+    pub a_config: PathBuf,
 }
 
 impl Pair {
@@ -113,6 +119,12 @@ impl Pair {
         for line in &options.replication {
             replication.push_str(&format!("      {line}\n"));
         }
+        if !options.snapshots.is_empty() {
+            replication.push_str("    snapshots:\n");
+            for line in &options.snapshots {
+                replication.push_str(&format!("      {line}\n"));
+            }
+        }
         let body = format!(
             "resources:\n  pool:\n    path: {}\nvfs:\n  - name: {vfs}\n    volumes:\n{volume_lines}    \
              interfaces:\n      - {{name: smb0, address: {}/24, network: lan}}\n    smb:\n      netbios_name: {}\n    \
@@ -146,6 +158,7 @@ impl Pair {
             b,
             lab,
             options,
+            a_config,
         })
     }
 

@@ -26,7 +26,7 @@ enum Task {
     /// Build the .deb and .rpm packages into target/packages.
     Package,
     /// Benchmarks; results go to bench/results/.
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +35,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(args),
         Task::Test(args) => test::run(args),
         Task::Package => package::run(),
-        Task::Bench(args) => bench::run(args),
+        Task::Bench(args) => bench::run(*args),
     }
 }

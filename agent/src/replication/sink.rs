@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::VfsDef,
-    state::{Role, Snapshot, SnapshotImage, SnapshotState, StateError, Store},
+    state::{Role, Snapshot, SnapshotImage, StateError, Store},
 };
 
 /// Where a VFS's snapshots live in a pool: `<pool>/snapshots/<vfs>/<id>/`.
@@ -425,12 +425,7 @@ impl Sink {
         let Some(stored) = self.store.definition(vfs)? else {
             return Ok(Vec::new());
         };
-        let all = self.store.snapshots(vfs)?;
-        let committed: Vec<(u64, u64)> = all
-            .iter()
-            .filter(|s| s.state == SnapshotState::Committed)
-            .map(|s| (s.id, s.created_unix))
-            .collect();
+        let committed = self.store.committed_times(vfs)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -446,19 +441,25 @@ impl Sink {
 
     /// Deletes the files of the snapshots marked `pruning`, then forgets them.
     pub(super) fn remove_marked(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
+        // Files first, then the catalog in one transaction (also for those removed before an
+        // error: a crash in between leaves them marked, and their removal is done again).
         let mut removed = Vec::new();
-        for s in self
-            .store
-            .snapshots(vfs)?
-            .into_iter()
-            .filter(|s| s.state == SnapshotState::Pruning)
-        {
-            for image in &s.images {
-                self.images.remove(&image.path)?;
+        let mut failed = None;
+        for s in self.store.pruning_snapshots(vfs)? {
+            let files = s
+                .images
+                .iter()
+                .try_for_each(|i| self.images.remove(&i.path));
+            if let Err(e) = files {
+                failed = Some(e);
+                break;
             }
             let _ = self.images.remove_dir(&snapshot_dir(&self.pool, vfs, s.id));
-            self.store.forget_snapshot(vfs, s.id)?;
             removed.push(s.id);
+        }
+        self.store.forget_snapshots(vfs, &removed)?;
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         Ok(removed)
     }

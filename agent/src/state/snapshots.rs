@@ -563,21 +563,73 @@ impl Store {
     /// if it was stored, `Unchanged` if not. It must be marked first
     /// ([`StateError::NotPruning`]).
     pub fn forget_snapshot(&mut self, vfs: &str, id: u64) -> Result<Change, StateError> {
-        let Ok(id_db) = i64::try_from(id) else {
-            return Ok(Change::Unchanged);
-        };
-        let op = || format!("forget snapshot {id} of VFS {vfs}");
-        self.write(&op, |db| match select(db, vfs, BY_ID, Some(id_db))?.pop() {
-            None => Ok(Change::Unchanged),
-            Some(s) if s.state != SnapshotState::Pruning => Err(StateError::NotPruning {
-                vfs: vfs.to_string(),
-                id,
-            }),
-            Some(_) => {
-                let sql = "DELETE FROM snapshot WHERE vfs = ?1 AND id = ?2";
-                Ok(updated_if(exec(db, sql, params![vfs, id_db])?))
+        self.forget_snapshots(vfs, &[id])
+    }
+
+    /// [`Store::forget_snapshot`] for several snapshots in one transaction (one sync of the
+    /// database however many there are): all or none. `Updated` if any was stored.
+    pub fn forget_snapshots(&mut self, vfs: &str, ids: &[u64]) -> Result<Change, StateError> {
+        let op = || format!("forget {} snapshot(s) of VFS {vfs}", ids.len());
+        self.write(&op, |db| {
+            let mut change = Change::Unchanged;
+            for &id in ids {
+                let Ok(id_db) = i64::try_from(id) else {
+                    continue;
+                };
+                match select(db, vfs, BY_ID, Some(id_db))?.pop() {
+                    None => {}
+                    Some(s) if s.state != SnapshotState::Pruning => {
+                        return Err(StateError::NotPruning {
+                            vfs: vfs.to_string(),
+                            id,
+                        });
+                    }
+                    Some(_) => {
+                        let sql = "DELETE FROM snapshot WHERE vfs = ?1 AND id = ?2";
+                        if exec(db, sql, params![vfs, id_db])? > 0 {
+                            change = Change::Updated;
+                        }
+                    }
+                }
             }
+            Ok(change)
         })
+    }
+
+    /// `(id, created_unix)` of the committed snapshots of `vfs`, by id: what retention
+    /// decides on, without decoding every snapshot's images.
+    pub fn committed_times(&self, vfs: &str) -> Result<Vec<(u64, u64)>, StateError> {
+        let op = || format!("read the snapshot times of VFS {vfs}");
+        let db = self.read(&op);
+        let sql = "SELECT id, created_unix FROM snapshot
+                   WHERE vfs = ?1 AND state = 'committed' ORDER BY id";
+        let mut stmt = db.conn.prepare_cached(sql).map_err(|e| db.fail(e))?;
+        let rows = stmt
+            .query_map([vfs], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(|e| db.fail(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db.fail(e))?;
+        rows.into_iter()
+            .map(|(id, created)| {
+                Ok((
+                    db.u64(vfs, "snapshot id", id)?,
+                    db.u64(vfs, "snapshot time", created)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The snapshots of `vfs` marked `pruning` ([`Store::mark_pruning`]), by id.
+    pub fn pruning_snapshots(&self, vfs: &str) -> Result<Vec<Snapshot>, StateError> {
+        let op = || format!("read the snapshots of VFS {vfs} being pruned");
+        select(
+            &self.read(&op),
+            vfs,
+            "AND state = 'pruning' ORDER BY id",
+            None,
+        )
     }
 
     /// Active site: the DR site committed cycle `cycle` of `vfs`, taken from the volume clones

@@ -4,12 +4,15 @@
 //! - `replication` ([`replication`]): one change set shipped by a vfsdr cycle, `rsync --inplace`,
 //!   `btrfs send -p | btrfs receive` and a raw copy of the changed bytes; the freeze window and
 //!   the RPO lag under a sustained writer.
+//! - `snapshots` ([`snapshots`]): a series of 1,024 DR snapshots: cycle time, listing time, pool
+//!   space and pruning as the series grows.
 mod btrfs;
 mod changeset;
 mod lag;
 mod link;
 mod replication;
 mod report;
+mod snapshots;
 mod writes;
 
 use std::path::PathBuf;
@@ -21,21 +24,28 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which benchmark: `writes` (tracking overhead on write loops) or `replication` (vfsdr
-    /// against rsync, btrfs send/receive and the raw floor; freeze window; RPO lag).
+    /// Which benchmark: `writes` (tracking overhead on write loops), `replication` (vfsdr
+    /// against rsync, btrfs send/receive and the raw floor; freeze window; RPO lag) or
+    /// `snapshots` (a series of DR snapshots: cycle and listing time, space, pruning).
     which: String,
     /// writes: rounds of (detached, attached) runs per workload.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     #[command(flatten)]
     replication: replication::Options,
+    #[command(flatten)]
+    snapshots: snapshots::Options,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.which.as_str() {
         "writes" => writes::run(args.rounds),
         "replication" => replication::run(args.replication),
-        other => bail!("unknown benchmark {other:?}; known: writes, replication"),
+        "snapshots" => {
+            let r = args.replication;
+            snapshots::run(args.snapshots, r.bin, r.out, r.note.as_deref())
+        }
+        other => bail!("unknown benchmark {other:?}; known: writes, replication, snapshots"),
     }
 }
 

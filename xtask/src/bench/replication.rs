@@ -61,13 +61,14 @@ pub struct Options {
     parts: Vec<String>,
     /// Use this vfsdr binary instead of building target/release/vfsdr.
     #[arg(long)]
-    bin: Option<PathBuf>,
-    /// Where to write the results (default bench/results/replication.md).
+    pub(super) bin: Option<PathBuf>,
+    /// Where to write the results (default bench/results/<which>.md).
     #[arg(long)]
-    out: Option<PathBuf>,
-    /// replication: a sentence for the results file (e.g. that the machine was shared).
+    pub(super) out: Option<PathBuf>,
+    /// replication, snapshots: a sentence for the results file (e.g. that the machine was
+    /// shared).
     #[arg(long)]
-    note: Option<String>,
+    pub(super) note: Option<String>,
 }
 
 /// One tool's run on the change set.

@@ -6,6 +6,7 @@
 mod opening;
 mod records;
 mod snapshots;
+mod snapshots_many;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

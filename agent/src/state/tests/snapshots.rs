@@ -20,7 +20,7 @@ fn images(vfs: &str, id: u64) -> Vec<SnapshotImage> {
 }
 
 /// Begins and commits cycle `cycle` of `vfs` on its latest snapshot, at epoch 1.
-fn commit(store: &mut Store, vfs: &str, cycle: u64) -> Snapshot {
+pub(super) fn commit(store: &mut Store, vfs: &str, cycle: u64) -> Snapshot {
     let base = store.latest_snapshot(vfs).unwrap().map(|s| s.id);
     store.begin_cycle(vfs, cycle, base).unwrap();
     store
@@ -35,11 +35,11 @@ fn commit(store: &mut Store, vfs: &str, cycle: u64) -> Snapshot {
         .unwrap()
 }
 
-fn ids(snapshots: &[Snapshot]) -> Vec<u64> {
+pub(super) fn ids(snapshots: &[Snapshot]) -> Vec<u64> {
     snapshots.iter().map(|s| s.id).collect()
 }
 
-fn states(store: &Store, vfs: &str) -> Vec<(u64, SnapshotState)> {
+pub(super) fn states(store: &Store, vfs: &str) -> Vec<(u64, SnapshotState)> {
     let all = store.snapshots(vfs).unwrap();
     all.iter().map(|s| (s.id, s.state)).collect()
 }
