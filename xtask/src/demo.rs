@@ -1,11 +1,12 @@
 //! `cargo xtask demo`: the main job, end to end, in the lab.
 //!
 //! Sets up what is missing, builds vfsdr, builds a lab of two sites (network namespaces on the lab
-//! LAN, each with an XFS pool and a mount root; site-b has a replica of fs1's volume), starts an
-//! agent in each site's network namespace with a peer link between them (site-a's agent creates,
-//! formats and mounts fs1's volume), starts a writer on that volume and shows `vfsdr status`
-//! live; then asks for the DR precheck of VFS fs1, reserves its resources at site-b, shows them,
-//! and releases them.
+//! LAN, each with an XFS pool and a mount root), starts an agent in each site's network namespace
+//! with a peer link between them (site-a's agent creates, formats and mounts fs1's volume),
+//! starts a writer on that volume and shows `vfsdr status` live; then replicates fs1 to site-b
+//! (a full copy, then an incremental cycle), lists the DR snapshots and verifies the latest;
+//! asks for the DR precheck of VFS fs1, reserves its resources at site-b (its mount holds the
+//! latest snapshot), shows them, and releases them.
 //! Everything is torn down at the end (also on Ctrl-C or failure).
 use std::{
     process::{Command, Stdio},
@@ -48,10 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // VFS volumes are mounted under each site's mount root (fs1's mount is `fs1/data`).
     let (root, dr_root) = (mount_root(&site)?, mount_root(&dr)?);
     let mount = root.path().join("fs1/data");
-    let replica = dr.pool().mount_point().join("replicas/fs1/data.img");
-    std::fs::create_dir_all(replica.parent().context("replica dir")?)?;
-    util::run(Command::new("truncate").args(["-s", "1G"]).arg(&replica))?;
-    util::run(Command::new("mkfs.xfs").arg("-q").arg(&replica))?;
+    let dr_mount = dr_root.path().join("fs1/data");
     let config = write_config_with_peers(
         &site,
         &certs,
@@ -87,10 +85,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mount.display()
     );
     eprintln!(
-        "   site-b namespace {}, address {}, replica {}",
+        "   site-b namespace {}, address {}, replicas and snapshots under {}",
         dr.netns().name(),
         dr.address(),
-        replica.display()
+        dr.pool().mount_point().display()
     );
     eprintln!(
         "   configs {} and {}",
@@ -140,9 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         taken.ranges.len()
     );
 
-    println!(
-        "\n== DR resources of VFS fs1, asked at site-a, answered by site-b over the peer link"
-    );
+    println!("\n== replication of fs1 from site-a to site-b");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dr_agent.cli(["vfs"])?.contains("fs1") {
         anyhow::ensure!(
@@ -151,11 +147,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         thread::sleep(Duration::from_millis(200));
     }
+    replicate(&agent)?;
+    std::fs::write(
+        mount.join("hello.txt"),
+        "written at site-a after the first cycle\n",
+    )?;
+    replicate(&agent)?;
+    print!(
+        "$ vfsdr snapshots fs1   (at site-b)\n{}",
+        dr_agent.cli(["snapshots", "fs1"])?
+    );
+    let (_, out, err) = agent.cli_status(&["verify", "fs1"])?;
+    print!("$ vfsdr verify fs1   (at site-a)\n{out}{err}");
+
+    println!(
+        "\n== DR resources of VFS fs1, asked at site-a, answered by site-b over the peer link"
+    );
     print!("$ vfsdr vfs   (at site-b)\n{}", dr_agent.cli(["vfs"])?);
     for args in [["precheck", "fs1"], ["reserve", "fs1"]] {
         let (_, out, err) = agent.cli_status(&args)?;
         print!("$ vfsdr {}   (at site-a)\n{out}{err}", args.join(" "));
     }
+    print!(
+        "$ cat {}/hello.txt   (site-b's reserved mount: the latest snapshot, read-only)\n{}",
+        dr_mount.display(),
+        std::fs::read_to_string(dr_mount.join("hello.txt"))
+            .unwrap_or_else(|e| format!("cannot read it: {e}\n"))
+    );
     print!(
         "$ ip -br -d link show fs1-0   (in site-b)\n{}",
         dr.run("ip", ["-br", "-d", "link", "show", "fs1-0"])?
@@ -170,6 +188,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dr_exit = dr_agent.stop()?;
     println!("\nagents stopped ({exit}, {dr_exit}); tearing the lab down");
     Ok(())
+}
+
+/// `vfsdr replicate fs1 --now` at site-a, printed; waits for a scheduled cycle in flight.
+fn replicate(agent: &Agent) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, out, err) = agent.cli_status(&["replicate", "fs1", "--now"])?;
+        if code == 0 {
+            print!("$ vfsdr replicate fs1 --now   (at site-a)\n{out}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            err.contains("already running") && Instant::now() < deadline,
+            "vfsdr replicate fs1 --now failed: {}",
+            err.trim()
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

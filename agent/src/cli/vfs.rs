@@ -219,8 +219,8 @@ pub fn snapshots(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:>8} {:>12} {:>6} {:>12} {:>12}  IMAGES ({vfs})",
-                "ID", "CREATED", "EPOCH", "CHANGED", "SHIPPED"
+                "{:>8} {:<19} {:>6} {:>12} {:>12}  IMAGES ({vfs})",
+                "ID", "CREATED (UTC)", "EPOCH", "CHANGED", "SHIPPED"
             );
             for s in &snapshots {
                 let images: Vec<String> = s
@@ -229,9 +229,12 @@ pub fn snapshots(socket: &std::path::Path, vfs: String, json: bool) -> anyhow::R
                     .map(|i| i.path.display().to_string())
                     .collect();
                 println!(
-                    "{:>8} {:>12} {:>6} {:>12} {:>12}  {}",
+                    "{:>8} {:<19} {:>6} {:>12} {:>12}  {}",
                     s.id,
-                    s.created_unix,
+                    // Seconds: the milliseconds are always 000, so they are left out.
+                    super::show_replication::utc(s.created_unix * 1000)
+                        .trim_end_matches(".000 UTC")
+                        .to_owned(),
                     s.epoch,
                     super::show::bytes(s.changed_bytes as f64),
                     super::show::bytes(s.shipped_bytes as f64),
