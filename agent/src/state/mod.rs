@@ -21,6 +21,7 @@ mod definitions;
 mod reservations;
 mod schema;
 mod snapshots;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -35,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::VfsDef;
 
 pub use schema::SCHEMA_VERSION;
-pub use snapshots::{CycleState, InFlight, Snapshot, SnapshotImage, SnapshotState, SourceState};
+pub use snapshots::{CycleState, InFlight, Snapshot, SnapshotImage, SnapshotState};
+pub use source::SourceState;
 
 /// The database's file name inside the state directory.
 pub const DB_FILE: &str = "vfsdr.db";
