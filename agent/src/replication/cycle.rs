@@ -25,6 +25,12 @@ use super::{
 pub const BLOCK: u64 = 4096;
 /// Largest piece of data read or sent at once.
 pub const PIECE: u64 = 1 << 20;
+/// How far ahead of the piece being read the clones' data is prefetched.
+const READ_AHEAD: u64 = 16 << 20;
+/// Pre-flush passes before the freeze.
+const PRE_FLUSHES: usize = 2;
+/// Bytes written into a replica between two starts of its writeback.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// One volume of a VFS at the active site.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,35 +66,52 @@ pub fn clone_path(dir: &Path, cycle: u64, volume: &str) -> PathBuf {
     dir.join(cycle.to_string()).join(format!("{volume}.img"))
 }
 
-/// Pre-flushes every volume, freezes them all together, clones each image, thaws. On any error
-/// the file systems are thawed and the clones made so far removed.
+/// Pre-flushes every volume (twice: the second pass writes what a busy writer dirtied during the
+/// first, so the freeze has little left to flush), freezes them all together, clones each image
+/// (FICLONE only: the clones are fsynced after the thaw), thaws. On any error the file systems
+/// are thawed and the clones made so far removed.
 pub fn take_point(
     images: &mut dyn Images,
     volumes: &[SourceVolume],
     cycle: u64,
     dir: &Path,
 ) -> Result<Point, CycleError> {
-    for v in volumes {
-        images.flush(&v.mount, &v.image)?;
+    for _ in 0..PRE_FLUSHES {
+        for v in volumes {
+            images.flush(&v.mount, &v.image)?;
+        }
     }
     let mounts: Vec<PathBuf> = volumes.iter().map(|v| v.mount.clone()).collect();
     let start = Instant::now();
     images.freeze_all(&mounts)?;
+    let dsts: Vec<PathBuf> = volumes
+        .iter()
+        .map(|v| clone_path(dir, cycle, &v.name))
+        .collect();
+    let pairs: Vec<(&Path, &Path)> = volumes
+        .iter()
+        .zip(&dsts)
+        .map(|(v, d)| (v.image.as_path(), d.as_path()))
+        .collect();
     let mut clones = Vec::new();
     let mut result = Ok(());
-    for v in volumes {
-        let dst = clone_path(dir, cycle, &v.name);
-        match images.clone_file(&v.image, &dst) {
-            Ok(()) => clones.push(dst),
+    for (made, dst) in images.clone_all_unsynced(&pairs).into_iter().zip(&dsts) {
+        match made {
+            Ok(()) => clones.push(dst.clone()),
             Err(e) => {
-                result = Err(e);
-                break;
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
     }
     let thawed = images.thaw_all(&mounts);
     let freeze_window = start.elapsed();
-    if let Err(e) = result.and(thawed) {
+    let mut result = result.and(thawed);
+    if result.is_ok() {
+        result = clones.iter().try_for_each(|c| images.fsync(c));
+    }
+    if let Err(e) = result {
         for c in &clones {
             let _ = images.remove(c);
         }
@@ -155,6 +178,10 @@ pub struct Pieces<'a> {
     volume: usize,
     change: usize,
     offset: u64,
+    /// The prefetch cursor (volume, change, offset), ahead of the reading one.
+    ahead: (usize, usize, u64),
+    /// Bytes prefetched and not read yet.
+    ahead_bytes: u64,
 }
 
 impl<'a> Pieces<'a> {
@@ -171,6 +198,33 @@ impl<'a> Pieces<'a> {
             volume: 0,
             change: 0,
             offset: 0,
+            ahead: (0, 0, 0),
+            ahead_bytes: 0,
+        }
+    }
+
+    /// Asks for the data of the next changes, up to [`READ_AHEAD`] bytes beyond what was read,
+    /// so the disk reads them while earlier pieces are compressed and sent. A hint: its
+    /// failure changes nothing (the read that follows reports any real error).
+    fn prefetch(&mut self) {
+        while self.ahead_bytes < READ_AHEAD {
+            let (volume, change, offset) = self.ahead;
+            let Some(changes) = self.delta.get(volume) else {
+                return;
+            };
+            let Some(c) = changes.get(change) else {
+                self.ahead = (volume + 1, 0, 0);
+                continue;
+            };
+            let start = c.offset.max(offset);
+            if c.kind == ChangeKind::Zero || start >= c.end() {
+                self.ahead = (volume, change + 1, offset);
+                continue;
+            }
+            let len = (c.end() - start).min(READ_AHEAD);
+            let _ = self.images.prefetch(&self.point.clones[volume], start, len);
+            self.ahead = (volume, change, start + len);
+            self.ahead_bytes += len;
         }
     }
 }
@@ -202,6 +256,8 @@ impl Iterator for Pieces<'_> {
             }
             let len = (c.end() - start).min(PIECE);
             self.offset = start + len;
+            self.prefetch();
+            self.ahead_bytes = self.ahead_bytes.saturating_sub(len);
             let mut data = vec![0u8; len as usize];
             let clone = &self.point.clones[self.volume];
             return Some(
@@ -233,6 +289,8 @@ pub struct Applier {
     volumes: Vec<ReplicaVolume>,
     cycle: u64,
     digests: Vec<VolumeDigest>,
+    /// Per volume, bytes written since its writeback was last started.
+    unflushed: Vec<u64>,
     pub applied_bytes: u64,
 }
 
@@ -269,6 +327,7 @@ impl Applier {
         }
         let digests = vec![VolumeDigest::new(); volumes.len()];
         Ok(Applier {
+            unflushed: vec![0; volumes.len()],
             volumes,
             cycle,
             digests,
@@ -312,6 +371,13 @@ impl Applier {
             Piece::Data { data, .. } => {
                 images.write_at(&v.image, offset, data)?;
                 self.digests[volume].data(offset, data);
+                // Written back while the next pieces arrive, so the commit's fsync is short;
+                // a hint (the fsync reports any error).
+                self.unflushed[volume] += len;
+                if self.unflushed[volume] >= WRITEBACK_EVERY {
+                    self.unflushed[volume] = 0;
+                    let _ = images.start_writeback(&v.image);
+                }
             }
             Piece::Zero { .. } => {
                 images.punch(&v.image, offset, len)?;

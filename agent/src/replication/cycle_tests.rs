@@ -217,3 +217,93 @@ fn an_interrupted_cycle_is_undone_from_the_last_snapshot() {
         assert_eq!(dst.content(&r.image), dst.content(s));
     }
 }
+
+#[test]
+fn the_freeze_window_holds_the_clones_only_and_their_fsync_follows_the_thaw() {
+    use super::fake_fs::Op;
+    let (mut src, _) = setup();
+    let vols = volumes();
+    let point = take_point(&mut src, &vols, 1, Path::new("/pool/clones/fs1")).unwrap();
+    let calls = src.calls();
+    let at = |op: Op| calls.iter().position(|c| c.op == op).unwrap();
+    let (freeze, thaw) = (
+        at(Op::Freeze),
+        calls.iter().rposition(|c| c.op == Op::Thaw).unwrap(),
+    );
+    let flushes = calls[..freeze].iter().filter(|c| c.op == Op::Flush).count();
+    assert_eq!(flushes, 2 * vols.len(), "two pre-flush passes: {calls:?}");
+    let inside: Vec<Op> = calls[freeze..=thaw].iter().map(|c| c.op).collect();
+    assert!(
+        inside
+            .iter()
+            .all(|op| matches!(op, Op::Freeze | Op::Clone | Op::Thaw)),
+        "only freeze, clones and thaw inside the window: {inside:?}"
+    );
+    assert_eq!(inside.iter().filter(|op| **op == Op::Clone).count(), 3);
+    for clone in &point.clones {
+        assert!(
+            calls[thaw..]
+                .iter()
+                .any(|c| c.op == Op::Fsync && &c.path == clone),
+            "{} fsynced after the thaw",
+            clone.display()
+        );
+    }
+}
+
+#[test]
+fn pieces_are_prefetched_before_they_are_read_and_a_failed_hint_changes_nothing() {
+    use super::fake_fs::Op;
+    let (mut src, _) = setup();
+    let vols = volumes();
+    src.write_user(&vols[0].image, 0, &vec![3u8; 3 * MIB as usize])
+        .unwrap();
+    src.write_user(&vols[2].image, 9 * MIB, &vec![4u8; 3 * 4096])
+        .unwrap();
+    let point = take_point(&mut src, &vols, 1, Path::new("/pool/clones/fs1")).unwrap();
+    let d = delta(&mut src, None, &point).unwrap();
+    let from = src.calls().len();
+    let hinted: Vec<Piece> = Pieces::new(&mut src, &point, &d)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let calls = src.calls()[from..].to_vec();
+    for clone in [&point.clones[0], &point.clones[2]] {
+        let first = |op: Op| calls.iter().position(|c| c.op == op && &c.path == clone);
+        assert!(
+            first(Op::Prefetch).unwrap() < first(Op::Read).unwrap(),
+            "{} prefetched before it is read: {calls:?}",
+            clone.display()
+        );
+    }
+    src.fail_next(Op::Prefetch);
+    let unhinted: Vec<Piece> = Pieces::new(&mut src, &point, &d)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(hinted, unhinted);
+}
+
+#[test]
+fn replicas_are_written_back_while_pieces_arrive() {
+    use super::fake_fs::Op;
+    let (_, mut dst) = setup();
+    let mut applier = Applier::begin(&mut dst, replicas(), 1).unwrap();
+    for i in 0..9 {
+        let piece = Piece::Data {
+            volume: 1,
+            offset: i * MIB,
+            data: vec![5u8; MIB as usize],
+        };
+        applier.apply(&mut dst, &piece).unwrap();
+    }
+    let writebacks: Vec<PathBuf> = dst
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::Writeback)
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(
+        writebacks,
+        vec![replicas()[1].image.clone()],
+        "one start per 8 MiB"
+    );
+}

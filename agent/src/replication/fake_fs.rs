@@ -51,6 +51,10 @@ pub enum Op {
     CreateSparse,
     Remove,
     Rename,
+    /// The read-ahead hint ([`Images::prefetch`]).
+    Prefetch,
+    /// The writeback hint ([`Images::start_writeback`]).
+    Writeback,
     /// [`FakeImages::write_user`].
     UserWrite,
 }
@@ -73,6 +77,8 @@ impl Op {
             Op::CreateSparse => "create",
             Op::Remove => "unlink",
             Op::Rename => "rename",
+            Op::Prefetch => "posix_fadvise WILLNEED",
+            Op::Writeback => "sync_file_range WRITE",
             Op::UserWrite => "write",
         }
     }
@@ -536,6 +542,22 @@ impl Images for FakeImages {
         let mut s = self.lock();
         s.begin(Op::Punch, file)?;
         s.punch(file, offset, len)
+    }
+
+    fn prefetch(&mut self, file: &Path, offset: u64, len: u64) -> Result<(), FsError> {
+        let mut s = self.lock();
+        s.begin(Op::Prefetch, file)?;
+        let size = s.file(file)?.size;
+        if offset.saturating_add(len) > size {
+            return Err(errno("posix_fadvise WILLNEED", file, libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    fn start_writeback(&mut self, file: &Path) -> Result<(), FsError> {
+        let mut s = self.lock();
+        s.begin(Op::Writeback, file)?;
+        s.file(file).map(drop)
     }
 
     fn fsync(&mut self, file: &Path) -> Result<(), FsError> {

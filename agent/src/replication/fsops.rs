@@ -128,6 +128,19 @@ pub trait Images: Send {
     /// created if missing), FICLONE, then fsync of dst. On failure `dst` is removed again,
     /// unless it existed before.
     fn clone_file(&mut self, src: &Path, dst: &Path) -> Result<(), FsError>;
+    /// [`Images::clone_file`] without the fsync of `dst` (the caller fsyncs it later, e.g.
+    /// once the file systems are thawed: the freeze window then holds the FICLONE only).
+    fn clone_unsynced(&mut self, src: &Path, dst: &Path) -> Result<(), FsError> {
+        self.clone_file(src, dst)
+    }
+    /// [`Images::clone_unsynced`] of each `(src, dst)` pair (in parallel where the real kernel
+    /// allows: one thread each); every pair is attempted, results in the order of `pairs`.
+    fn clone_all_unsynced(&mut self, pairs: &[(&Path, &Path)]) -> Vec<Result<(), FsError>> {
+        pairs
+            .iter()
+            .map(|(src, dst)| self.clone_unsynced(src, dst))
+            .collect()
+    }
     /// All FIEMAP extents of `file`, sorted by logical offset (FIEMAP_FLAG_SYNC first).
     fn extents(&mut self, file: &Path) -> Result<Vec<Extent>, FsError>;
     /// Allocated ranges (offset, len) by SEEK_DATA/SEEK_HOLE (for the initial full sync).
@@ -140,6 +153,16 @@ pub trait Images: Send {
     /// Makes [offset, offset+len) read as zeros, deallocating it (fallocate
     /// PUNCH_HOLE|KEEP_SIZE). `len` 0 does nothing.
     fn punch(&mut self, file: &Path, offset: u64, len: u64) -> Result<(), FsError>;
+    /// A hint that [offset, offset+len) of `file` is read soon (posix_fadvise WILLNEED: the
+    /// kernel starts reading it in the background). Changes nothing a read sees.
+    fn prefetch(&mut self, _file: &Path, _offset: u64, _len: u64) -> Result<(), FsError> {
+        Ok(())
+    }
+    /// Starts writing the dirty pages of `file` back without waiting for them
+    /// (sync_file_range WRITE), so a later fsync has less left to do. No durability promise.
+    fn start_writeback(&mut self, _file: &Path) -> Result<(), FsError> {
+        Ok(())
+    }
     /// fsync of a file or a directory.
     fn fsync(&mut self, file: &Path) -> Result<(), FsError>;
     /// Creates the new (O_EXCL) sparse file `file` of `size` bytes, mode 0600 (its directory is

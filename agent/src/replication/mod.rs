@@ -14,6 +14,7 @@
 //!   like a reflinked XFS.
 //! - [`extents`]: the extent diff ([`extents::changed`]).
 pub mod codec;
+mod compress_stage;
 pub mod cycle;
 #[cfg(test)]
 mod cycle_tests;

@@ -16,6 +16,7 @@ use tokio::{
 
 use super::{
     codec::Codec,
+    compress_stage::{CompressStage, DEPTH, Staged},
     cycle::{CycleError, Piece},
     resume::check_offsets,
     sink::{Began, Sink, SinkError},
@@ -81,6 +82,10 @@ pub enum SessionError {
     Sink(#[from] SinkError),
     #[error("the replica writer stopped")]
     SinkGone,
+    #[error("cannot start the compression thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the compression thread stopped")]
+    StageGone,
 }
 
 /// What a sent cycle produced.
@@ -149,16 +154,47 @@ where
             Err(e) => tracing::error!(vfs = %begin.vfs, cycle = begin.cycle, event = "resume_ignored",
                 error = %e, "the DR site's resume offsets are unusable; the copy starts from the beginning"),
         }
-        for piece in pieces(&resumed) {
-            match piece? {
-                Piece::Data {
+        // Pieces are read here, compressed on the stage's thread, and written here, up to
+        // `DEPTH` pieces apart.
+        let mut stage = CompressStage::start(codec).map_err(SessionError::Thread)?;
+        let mut pieces = pieces(&resumed);
+        let mut read_all = false;
+        // A piece that cannot be read ends the cycle once those read before it are sent (as
+        // when they were sent one by one: a resumed copy keeps them).
+        let mut unreadable = None;
+        loop {
+            while !read_all && stage.in_flight() < DEPTH {
+                match pieces.next() {
+                    Some(Ok(piece)) => {
+                        if !stage.push(piece) {
+                            return Err(SessionError::StageGone);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        unreadable = Some(e);
+                        read_all = true;
+                    }
+                    None => read_all = true,
+                }
+            }
+            if stage.in_flight() == 0 {
+                if let Some(e) = unreadable {
+                    return Err(e.into());
+                }
+                break;
+            }
+            match stage.next().await.ok_or(SessionError::StageGone)? {
+                Staged::Data {
                     volume,
                     offset,
                     data,
+                    codec,
+                    payload,
                 } => {
-                    within(FRAME_TIMEOUT, writer.data(volume as u16, offset, &data)).await?;
+                    let frame = writer.data_encoded(volume as u16, offset, &data, codec, &payload);
+                    within(FRAME_TIMEOUT, frame).await?;
                 }
-                Piece::Zero {
+                Staged::Zero {
                     volume,
                     offset,
                     len,

@@ -125,6 +125,37 @@ fn thaw(dir: &File, mount: &Path) -> Result<(), FsError> {
     }
 }
 
+/// Reflinks `src` into the new file `dst` (same mode, directory created), not synced; `dst` is
+/// removed again on failure.
+fn reflink(src: &Path, dst: &Path) -> Result<(), FsError> {
+    make_parent(dst)?;
+    let source = File::open(src).map_err(io_err("open", src))?;
+    let mode = source
+        .metadata()
+        .map_err(io_err("stat", src))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let target = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dst)
+        .map_err(io_err("create", dst))?;
+    let done = target
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", dst))
+        .and_then(|()| {
+            ioctl_int(&target, FICLONE, source.as_raw_fd()).map_err(io_err("FICLONE", dst))
+        });
+    if done.is_err() {
+        drop(target);
+        let _ = fs::remove_file(dst);
+    }
+    done
+}
+
 impl SystemImages {
     pub fn new() -> Self {
         Self::default()
@@ -291,34 +322,58 @@ impl Images for SystemImages {
     }
 
     fn clone_file(&mut self, src: &Path, dst: &Path) -> Result<(), FsError> {
-        self.forget(dst);
-        make_parent(dst)?;
-        let source = File::open(src).map_err(io_err("open", src))?;
-        let mode = source
-            .metadata()
-            .map_err(io_err("stat", src))?
-            .permissions()
-            .mode()
-            & 0o7777;
-        let target = OpenOptions::new()
+        self.clone_unsynced(src, dst)?;
+        let synced = OpenOptions::new()
             .write(true)
-            .create_new(true)
-            .mode(mode)
             .custom_flags(libc::O_CLOEXEC)
             .open(dst)
-            .map_err(io_err("create", dst))?;
-        let done = target
-            .set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", dst))
-            .and_then(|()| {
-                ioctl_int(&target, FICLONE, source.as_raw_fd()).map_err(io_err("FICLONE", dst))
-            })
-            .and_then(|()| target.sync_all().map_err(io_err("fsync", dst)));
-        if done.is_err() {
-            drop(target);
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("fsync", dst));
+        if synced.is_err() {
             let _ = fs::remove_file(dst);
         }
-        done
+        synced
+    }
+
+    fn clone_unsynced(&mut self, src: &Path, dst: &Path) -> Result<(), FsError> {
+        self.forget(dst);
+        reflink(src, dst)
+    }
+
+    fn clone_all_unsynced(&mut self, pairs: &[(&Path, &Path)]) -> Vec<Result<(), FsError>> {
+        if pairs.len() < 2 {
+            return pairs
+                .iter()
+                .map(|(s, d)| self.clone_unsynced(s, d))
+                .collect();
+        }
+        for (_, dst) in pairs {
+            self.forget(dst);
+        }
+        thread::scope(|s| {
+            let workers: Vec<_> = pairs
+                .iter()
+                .map(|&(src, dst)| {
+                    thread::Builder::new()
+                        .name("vfsdr-clone".into())
+                        .spawn_scoped(s, move || reflink(src, dst))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .zip(pairs)
+                .map(|(worker, (_, dst))| {
+                    let failed = || FsError::Thread {
+                        op: "FICLONE",
+                        path: dst.to_path_buf(),
+                    };
+                    match worker {
+                        Ok(w) => w.join().unwrap_or_else(|_| Err(failed())),
+                        Err(_) => Err(failed()),
+                    }
+                })
+                .collect()
+        })
     }
 
     fn extents(&mut self, file: &Path) -> Result<Vec<Extent>, FsError> {
@@ -419,6 +474,28 @@ impl Images for SystemImages {
             )
         };
         if r < 0 {
+            return Err(io_err(OP, file)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn prefetch(&mut self, file: &Path, offset: u64, len: u64) -> Result<(), FsError> {
+        const OP: &str = "posix_fadvise WILLNEED";
+        let (at, n) = (to_off(OP, file, offset)?, to_off(OP, file, len)?);
+        let fd = self.handle(file, false)?.as_raw_fd();
+        // SAFETY: the fd is open; the advice only schedules reads into the page cache.
+        let r = unsafe { libc::posix_fadvise(fd, at, n, libc::POSIX_FADV_WILLNEED) };
+        if r != 0 {
+            return Err(io_err(OP, file)(io::Error::from_raw_os_error(r)));
+        }
+        Ok(())
+    }
+
+    fn start_writeback(&mut self, file: &Path) -> Result<(), FsError> {
+        const OP: &str = "sync_file_range WRITE";
+        let fd = self.handle(file, false)?.as_raw_fd();
+        // SAFETY: the fd is open; offset 0 and length 0 name the whole file.
+        if unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) } < 0 {
             return Err(io_err(OP, file)(io::Error::last_os_error()));
         }
         Ok(())

@@ -72,6 +72,38 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(codec)
     }
 
+    /// Sends `data` for `offset` of volume `volume` as `payload`, already encoded with `codec`
+    /// (by a [`Compressor`] elsewhere; [`Codec::None`]: `payload` is `data`). The same frame
+    /// and digest as [`FrameWriter::data`].
+    pub async fn data_encoded(
+        &mut self,
+        volume: u16,
+        offset: u64,
+        data: &[u8],
+        codec: Codec,
+        payload: &[u8],
+    ) -> Result<(), WireError> {
+        if data.len() > MAX_DATA {
+            return Err(WireError::TooLarge {
+                what: "data block",
+                len: data.len() as u64,
+                max: MAX_DATA,
+            });
+        }
+        checked_end("data", volume, offset, data.len() as u64)?;
+        self.digests.entry(volume).or_default().data(offset, data);
+        self.start();
+        self.buf.extend_from_slice(&volume.to_be_bytes());
+        self.buf.extend_from_slice(&offset.to_be_bytes());
+        self.buf
+            .extend_from_slice(&(data.len() as u32).to_be_bytes());
+        self.buf.push(codec.to_byte());
+        self.buf.extend_from_slice(payload);
+        self.send_buf(DATA).await?;
+        self.stats.data_bytes += data.len() as u64;
+        Ok(())
+    }
+
     /// Sends a range of zeros.
     pub async fn zero(&mut self, volume: u16, offset: u64, len: u64) -> Result<(), WireError> {
         checked_end("zero", volume, offset, len)?;
