@@ -163,7 +163,7 @@ fn writes_are_counted_per_process() -> anyhow::Result<()> {
     let config = write_config(
         &site,
         &format!(
-            "  top_writers: 100\nvolumes:\n  - name: data\n    image: {}\n",
+            "  top_writers: 100\n  writers: true\nvolumes:\n  - name: data\n    image: {}\n",
             vol.image().display()
         ),
     )?;

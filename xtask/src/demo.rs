@@ -50,12 +50,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (root, dr_root) = (mount_root(&site)?, mount_root(&dr)?);
     let mount = root.path().join("fs1/data");
     let dr_mount = dr_root.path().join("fs1/data");
+    // The body goes on with the `tracking:` section: per-process write counts are off by
+    // default; the demo shows them.
     let config = write_config_with_peers(
         &site,
         &certs,
         &[&dr],
         &format!(
-            "{}vfs:\n  - name: fs1\n    \
+            "  writers: true\n{}vfs:\n  - name: fs1\n    \
              volumes:\n      - {{name: data, size: 1GiB}}\n    interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    \
              smb:\n      netbios_name: FS1\n      shares:\n        - {{name: data, volume: data}}\n    replication:\n      peer: site-b\n      interval: 60s\n",
             resources(&site, root.path(), ""),

@@ -55,11 +55,18 @@ pub fn status(r: &StatusReport) -> String {
     if r.volumes.is_empty() {
         let _ = writeln!(o, "(no volumes configured)");
     }
-    let _ = writeln!(
-        o,
-        "\n{:<8} {:<16} {:>12} {:>12} {:>10}   (write syscalls, all processes)",
-        "PID", "COMMAND", "BYTES/s", "BYTES", "CALLS"
-    );
+    if !r.tracking.writers_on {
+        let _ = writeln!(
+            o,
+            "\nwrite syscalls per process: not counted (tracking.writers: false)"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "\n{:<8} {:<16} {:>12} {:>12} {:>10}   (write syscalls, all processes)",
+            "PID", "COMMAND", "BYTES/s", "BYTES", "CALLS"
+        );
+    }
     for w in &r.tracking.writers {
         let _ = writeln!(
             o,

@@ -370,7 +370,7 @@ impl Decoder {
         let mut tracking = Tracking {
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
             top_writers: DEFAULT_TOP_WRITERS,
-            writers: true,
+            writers: false,
         };
         let Some(node) = top.optional("tracking") else {
             return tracking;
@@ -389,7 +389,7 @@ impl Decoder {
             tracking.top_writers = value.map_or(0, |v| usize::try_from(v).unwrap_or_default());
         }
         if let Some(value) = self.check_optional(&fields, "writers", scalars::boolean) {
-            tracking.writers = value.unwrap_or(true);
+            tracking.writers = value.unwrap_or(false);
         }
         tracking
     }

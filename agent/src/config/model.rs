@@ -92,9 +92,10 @@ pub struct Tracking {
     pub poll_interval_ms: u64,
     /// How many writing processes `vfsdr status` lists (1 to 100; default 10).
     pub top_writers: usize,
-    /// Count write syscalls per process ("who is writing"; default true). The probe runs on
-    /// every syscall entry of the host; `false` removes it (block tracking, which replication
-    /// needs, is not affected).
+    /// Count write syscalls per process ("who is writing"; default false). Its probe runs at
+    /// every syscall entry of the host (measured: +7% on a 4 KiB write loop, +54% on a null
+    /// syscall), so it is for when the question is asked; block tracking, which replication
+    /// needs, is not affected.
     pub writers: bool,
 }
 

@@ -383,11 +383,14 @@ impl Agent {
                 })
                 .collect(),
             // With the syscall probe off, what its map still holds is stale.
-            tracking: self.tracker.status(if self.config.tracking.writers {
-                self.config.tracking.top_writers
-            } else {
-                0
-            }),
+            tracking: crate::tracking::TrackingStatus {
+                writers_on: self.config.tracking.writers,
+                ..self.tracker.status(if self.config.tracking.writers {
+                    self.config.tracking.top_writers
+                } else {
+                    0
+                })
+            },
             peers: Default::default(),
             replication: Vec::new(),
             replication_status: Vec::new(),

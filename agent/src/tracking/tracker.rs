@@ -105,6 +105,9 @@ pub struct ProbeCounters {
 pub struct TrackingStatus {
     pub volumes: Vec<VolumeStatus>,
     pub writers: Vec<WriterStatus>,
+    /// Whether write syscalls are counted per process (`tracking.writers`).
+    #[serde(default)]
+    pub writers_on: bool,
     pub probes: ProbeCounters,
 }
 
@@ -387,6 +390,7 @@ impl Tracker {
         TrackingStatus {
             volumes,
             writers,
+            writers_on: false,
             probes: ProbeCounters {
                 bios: c[counter::BIOS as usize],
                 extents: c[counter::EXTENTS as usize],

@@ -54,7 +54,7 @@ fn minimal_config_takes_the_defaults() {
         tracking: Tracking {
             poll_interval_ms: 200,
             top_writers: 10,
-            writers: true,
+            writers: false,
         },
         peers: Vec::new(),
         resources: Resources {
@@ -73,7 +73,7 @@ fn minimal_config_takes_the_defaults() {
 fn every_field_is_read() {
     let config = ok(
         "version: 2\nsite: {name: b-2}\nstate_dir: /s\nruntime_dir: /r\n\
-         tracking: {poll_interval_ms: 10, top_writers: 100, writers: false}\n\
+         tracking: {poll_interval_ms: 10, top_writers: 100, writers: true}\n\
          volumes:\n  - {name: d, device: /dev/vdb}\n  - {name: i, image: '/p/i.img'}\n",
     );
     assert_eq!(config.site.name, "b-2");
@@ -86,7 +86,7 @@ fn every_field_is_read() {
         Tracking {
             poll_interval_ms: 10,
             top_writers: 100,
-            writers: false,
+            writers: true,
         }
     );
     let volumes = [
@@ -122,7 +122,7 @@ fn range_bounds_are_inclusive() {
             Tracking {
                 poll_interval_ms: poll,
                 top_writers: top,
-                writers: true,
+                writers: false,
             }
         );
     }
