@@ -2,8 +2,8 @@
 //!
 //! On a loop-backed XFS volume in the lab, two write loops and a loop of a non-write syscall
 //! run in three modes, alternating, several rounds: no agent; the agent watching the volume with
-//! block tracking only (`tracking.writers: false`); and with the per-process write-syscall
-//! probe too (the default). The medians are compared. Results go to
+//! block tracking only (`tracking.writers: false`, the default); and with the per-process
+//! write-syscall probe too (`tracking.writers: true`). The medians are compared. Results go to
 //! `bench/results/writes.md`.
 use std::{
     fmt::Write as _,
@@ -213,10 +213,10 @@ fn render(rows: &[Row], rounds: usize) -> anyhow::Result<String> {
         o,
         "Kernel {}, {cpus} CPUs. A loop-backed XFS volume (2 GiB image on the lab's XFS pool). Each \
          workload runs in three modes, alternating, {rounds} rounds; medians: **no agent**; \
-         **block only**: the agent watching the volume with `tracking.writers: false` (the \
-         `block_bio_queue` tracepoint, which replication needs); **block + writers**: the default, \
-         with the per-process write-syscall probe too (a BTF tracepoint on `sys_enter`, which runs \
-         at every syscall entry of the host).\n",
+         **block only**: the agent watching the volume with `tracking.writers: false`, the \
+         default (the `block_bio_queue` tracepoint, which replication needs); **block + \
+         writers**: `tracking.writers: true`, with the per-process write-syscall probe too (a BTF \
+         tracepoint on `sys_enter`, which runs at every syscall entry of the host).\n",
         kernel.trim()
     )?;
     writeln!(
