@@ -62,6 +62,8 @@ pub struct SystemImages {
     /// Most recently used last.
     handles: Vec<Handle>,
     frozen: Vec<(PathBuf, File)>,
+    /// Files are only ever opened `O_RDONLY` (see [`SystemImages::read_only`]).
+    read_only: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +163,16 @@ impl SystemImages {
         Self::default()
     }
 
+    /// Images that are only read: every file is opened `O_RDONLY`, and writing through one
+    /// fails (`vfsdr verify` reads snapshots this way, never opening them for writing).
+    pub fn read_only() -> Self {
+        SystemImages {
+            handles: Vec::new(),
+            frozen: Vec::new(),
+            read_only: true,
+        }
+    }
+
     /// An open handle of `path`, writable if asked (else read-write if allowed, read-only if not).
     fn handle(&mut self, path: &Path, write: bool) -> Result<&File, FsError> {
         if let Some(i) = self.handles.iter().position(|h| h.path == path) {
@@ -172,13 +184,18 @@ impl SystemImages {
                 return Ok(&self.handles[self.handles.len() - 1].file);
             }
         }
+        if self.read_only && write {
+            return Err(io_err("open for writing", path)(io::Error::from(
+                io::ErrorKind::PermissionDenied,
+            )));
+        }
         let rw = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!self.read_only)
             .custom_flags(libc::O_CLOEXEC)
             .open(path);
         let (file, writable) = match rw {
-            Ok(f) => (f, true),
+            Ok(f) => (f, !self.read_only),
             Err(e) if write => return Err(io_err("open", path)(e)),
             Err(_) => (File::open(path).map_err(io_err("open", path))?, false),
         };

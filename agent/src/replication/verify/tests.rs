@@ -196,3 +196,14 @@ fn a_real_file_is_hashed_read_only_with_holes_as_zeros() {
     assert_ne!(d.digests[1], zeros);
     assert_eq!(d.digests[2], zeros);
 }
+
+#[test]
+fn read_only_files_refuse_writes_and_stay_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.img");
+    std::fs::write(&path, b"snapshot").unwrap();
+    let mut ro = ReadOnlyFile::open(&path).unwrap();
+    assert!(ro.images.write_at(&path, 0, b"x").is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"snapshot");
+    assert!(ReadOnlyFile::open(&dir.path().join("missing.img")).is_err());
+}
