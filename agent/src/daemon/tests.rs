@@ -13,7 +13,8 @@ use crate::{
     volumes::{DevId, FakeDevices, VolumeError},
 };
 
-fn config(volumes: &[(&str, VolumeSource)]) -> Config {
+/// A site configuration with the given tracked volumes (also used by `volumes_tests.rs`).
+pub(super) fn config(volumes: &[(&str, VolumeSource)]) -> Config {
     Config {
         version: 2,
         site: Site {

@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{VfsVolumeStatus, active_volumes};
 use crate::{
     api::{Request, Response},
-    config::{Config, Pool, Resources, Site, Tracking, test_vfs},
+    config::{Config, Pool, Resources, test_vfs},
     daemon::{Agent, Handled, Kernel},
     resources::{FakeLinks, FakeMounts},
     state::Store,
@@ -15,20 +15,6 @@ use crate::{
 
 fn config(vfs: &[(&str, &str)]) -> Config {
     Config {
-        version: 2,
-        site: Site {
-            name: "site-a".into(),
-            listen: None,
-            tls: None,
-        },
-        state_dir: "/var/lib/vfsdr".into(),
-        runtime_dir: "/run/vfsdr".into(),
-        tracking: Tracking {
-            poll_interval_ms: 200,
-            top_writers: 5,
-            writers: true,
-        },
-        peers: Vec::new(),
         resources: Resources {
             pool: Some(Pool {
                 path: "/pool".into(),
@@ -41,7 +27,7 @@ fn config(vfs: &[(&str, &str)]) -> Config {
             .iter()
             .map(|(name, mount)| test_vfs(name, "site-b", mount))
             .collect(),
-        volumes: Vec::new(),
+        ..crate::daemon::tests::config(&[])
     }
 }
 
