@@ -41,14 +41,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.send_buf(BEGIN).await
     }
 
-    /// Sends `data` (at most [`MAX_DATA`] bytes) for `offset` of volume `volume`; returns the
-    /// codec it travelled with ([`Codec::None`] when compressing did not make it smaller).
-    pub async fn data(
-        &mut self,
-        volume: u16,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<Codec, WireError> {
+    /// Checks `data` (at most [`MAX_DATA`] bytes, inside u64 offsets), counts it into its
+    /// volume's digest and starts its `Data` frame up to the codec byte.
+    fn start_data(&mut self, volume: u16, offset: u64, data: &[u8]) -> Result<(), WireError> {
         if data.len() > MAX_DATA {
             return Err(WireError::TooLarge {
                 what: "data block",
@@ -63,6 +58,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.extend_from_slice(&offset.to_be_bytes());
         self.buf
             .extend_from_slice(&(data.len() as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Sends `data` (at most [`MAX_DATA`] bytes) for `offset` of volume `volume`; returns the
+    /// codec it travelled with ([`Codec::None`] when compressing did not make it smaller).
+    pub async fn data(
+        &mut self,
+        volume: u16,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Codec, WireError> {
+        self.start_data(volume, offset, data)?;
         let codec_at = self.buf.len();
         self.buf.push(0);
         let codec = self.compressor.compress(self.codec, data, &mut self.buf);
@@ -83,20 +90,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         codec: Codec,
         payload: &[u8],
     ) -> Result<(), WireError> {
-        if data.len() > MAX_DATA {
-            return Err(WireError::TooLarge {
-                what: "data block",
-                len: data.len() as u64,
-                max: MAX_DATA,
-            });
-        }
-        checked_end("data", volume, offset, data.len() as u64)?;
-        self.digests.entry(volume).or_default().data(offset, data);
-        self.start();
-        self.buf.extend_from_slice(&volume.to_be_bytes());
-        self.buf.extend_from_slice(&offset.to_be_bytes());
-        self.buf
-            .extend_from_slice(&(data.len() as u32).to_be_bytes());
+        self.start_data(volume, offset, data)?;
         self.buf.push(codec.to_byte());
         self.buf.extend_from_slice(payload);
         self.send_buf(DATA).await?;
