@@ -97,11 +97,21 @@ pub fn accept(
         };
         let started = Instant::now();
         match session::receive(conn.stream, &conn.from, sink).await {
-            Ok(s) => {
+            Ok(session::Received { snapshot: s, mut sink }) => {
                 let _ = committed.send(s.vfs.clone());
                 tracing::info!(site = %site, vfs = %s.vfs, peer = %conn.from, event = "cycle_committed",
                 cycle = s.cycle, snapshot = s.id, changed_bytes = s.changed_bytes, shipped_bytes = s.shipped_bytes,
-                duration_ms = started.elapsed().as_millis() as u64, "snapshot committed")
+                duration_ms = started.elapsed().as_millis() as u64, "snapshot committed");
+                // The sender has its answer: the next cycle of this VFS may come in while the
+                // snapshots the grid no longer keeps are removed.
+                drop(_done);
+                let vfs = s.vfs.clone();
+                let pruned = tokio::task::spawn_blocking(move || sink.prune(&vfs)).await;
+                if let Ok(Err(e)) = pruned {
+                    // Retried after the next commit.
+                    tracing::warn!(site = %site, vfs = %s.vfs, event = "prune_failed", error = %e,
+                        "pruning old snapshots failed");
+                }
             }
             Err(e) => {
                 tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",

@@ -19,6 +19,7 @@
 //! `fm_extent_count`, `fm_reserved`: u32) followed by `fm_extent_count` `struct fiemap_extent`s of
 //! 56 bytes (`fe_logical`, `fe_physical`, `fe_length`, `fe_reserved64[2]`: u64; `fe_flags`,
 //! `fe_reserved[3]`: u32), from `linux/fiemap.h`.
+pub mod grace;
 mod system;
 
 use std::{

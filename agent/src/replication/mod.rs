@@ -25,6 +25,7 @@ pub mod gap;
 #[cfg(test)]
 mod pool_full_tests;
 pub mod progress;
+mod prune;
 mod redo;
 pub mod resume;
 pub mod retention;

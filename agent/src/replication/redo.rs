@@ -53,8 +53,7 @@ pub(super) fn drop_unacknowledged(sink: &mut Sink, b: &Begin) -> Result<bool, Si
     if unacked.is_empty() || below != Some(base) {
         return Ok(false);
     }
-    sink.store.mark_pruning(&b.vfs, &unacked)?;
-    sink.remove_marked(&b.vfs)?;
+    sink.remove_now(&b.vfs, &unacked)?;
     tracing::warn!(vfs = %b.vfs, event = "unacknowledged_snapshots_dropped", cycle = b.cycle, base,
         ids = ?unacked, "snapshots whose commit the sender never learned of are replaced by its new cycle");
     Ok(true)

@@ -269,10 +269,25 @@ enum Job {
     Commit(u64, oneshot::Sender<Result<Snapshot, SinkError>>),
 }
 
+/// A cycle received and committed, and the sink that wrote it, handed back so the caller can
+/// prune ([`Sink::prune`]) once the sender has its answer.
+pub struct Received {
+    pub snapshot: Snapshot,
+    pub sink: Sink,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Receives one cycle from site `from` into `sink` (which runs on a thread of its own) and
 /// answers the sender. Any bad frame, bound or digest refuses the cycle, leaving the replicas
 /// to be restored from the last snapshot by the next cycle.
-pub async fn receive<S>(stream: S, from: &str, sink: Sink) -> Result<Snapshot, SessionError>
+pub async fn receive<S>(stream: S, from: &str, sink: Sink) -> Result<Received, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -289,11 +304,11 @@ where
         .map_err(|_| SessionError::SinkGone)?;
     let result = receive_frames(&mut reader, &mut writer, from, &jobs).await;
     drop(jobs);
-    let _ = done_rx.await;
-    match result {
-        Ok(snapshot) => {
+    let sink = done_rx.await.map_err(|_| SessionError::SinkGone);
+    match result.and_then(|snapshot| Ok((snapshot, sink?))) {
+        Ok((snapshot, sink)) => {
             writer.committed(snapshot.cycle, snapshot.id).await?;
-            Ok(snapshot)
+            Ok(Received { snapshot, sink })
         }
         Err(SessionError::Sink(SinkError::PoolFull { vfs, full })) => {
             let _ = writer.pool_full(&full).await;
@@ -380,8 +395,8 @@ async fn receive_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// The replica writer: applies jobs in order; the first error is reported at `Commit` (or by
-/// the channel closing early).
-fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkError> {
+/// the channel closing early). Hands the sink back.
+fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Sink {
     let mut receiving = None;
     let mut failed: Option<SinkError> = None;
     while let Some(job) = jobs.blocking_recv() {
@@ -393,7 +408,7 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
                 }
                 Ok(Began::Committed(s)) => {
                     let _ = reply.send(Ok(Ready::Committed(s)));
-                    return Ok(());
+                    return sink;
                 }
                 // A full pool keeps its kind (the sender pauses); anything else is a refusal.
                 Err(SinkError::PoolFull { vfs, full }) => {
@@ -436,9 +451,9 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkErr
                     }),
                 };
                 let _ = reply.send(result);
-                return Ok(());
+                return sink;
             }
         }
     }
-    Ok(())
+    sink
 }

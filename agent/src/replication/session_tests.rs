@@ -94,7 +94,7 @@ impl World {
         let from = from.to_owned();
         let (sent, got) = tokio::join!(
             send(a, &begin, |_: &[u64]| pieces.into_iter(), Codec::Zstd, None),
-            async move { receive(b, &from, sink).await }
+            async move { receive(b, &from, sink).await.map(|r| r.snapshot) }
         );
         (sent.map(|s| s.snapshot), got.map(|s| s.id))
     }
@@ -150,7 +150,7 @@ async fn a_delta_on_a_snapshot_this_site_does_not_have_is_refused() {
 }
 
 #[tokio::test]
-async fn snapshots_outside_the_retention_grid_are_pruned_after_a_commit() {
+async fn snapshots_outside_the_retention_grid_are_pruned_after_the_answer() {
     // No rule: only the newest snapshot is kept.
     let mut w = world_with(|d| d.snapshots.rules.clear());
     let img = w.vols[0].image.clone();
@@ -161,13 +161,10 @@ async fn snapshots_outside_the_retention_grid_are_pruned_after_a_commit() {
     let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
     w.cycle("site-a", Some(&p1), &p2, Some(1)).await.0.unwrap();
     let store = Store::open(w.dir.path()).unwrap();
-    let ids: Vec<u64> = store
-        .snapshots("fs1")
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(ids, [2]);
+    let ids = || -> Vec<u64> { store.snapshots("fs1").unwrap().iter().map(|s| s.id).collect() };
+    assert_eq!(ids(), [1, 2], "the commit answers before anything is pruned");
+    assert_eq!(w.sink().prune("fs1").unwrap(), [1]);
+    assert_eq!(ids(), [2]);
     assert!(
         !w.dst
             .files()

@@ -386,7 +386,8 @@ impl Sink {
         Ok(())
     }
 
-    /// Fsyncs the replicas, reflinks them into the snapshot and records it.
+    /// Fsyncs the replicas, reflinks them into the snapshot and records it. The snapshots the
+    /// retention grid no longer keeps are removed after the answer ([`Sink::prune`]).
     pub fn commit(&mut self, r: Receiving, shipped_bytes: u64) -> Result<Snapshot, SinkError> {
         let b = r.begin;
         let dir = snapshot_dir(&self.pool, &b.vfs, b.cycle);
@@ -412,55 +413,7 @@ impl Sink {
             r.changed_bytes,
             shipped_bytes,
         )?;
-        if let Err(e) = self.prune(&b.vfs) {
-            // The snapshot is committed; pruning is retried after the next one.
-            tracing::warn!(vfs = %b.vfs, event = "prune_failed", error = %e, "pruning old snapshots failed");
-        }
+        // Pruning waits until the sender has its answer (`super::prune`).
         Ok(snap)
-    }
-
-    /// Removes the snapshots the VFS's retention grid no longer keeps (and finishes removals
-    /// an earlier crash interrupted): marked first, files deleted, then forgotten.
-    pub fn prune(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
-        let Some(stored) = self.store.definition(vfs)? else {
-            return Ok(Vec::new());
-        };
-        let committed = self.store.committed_times(vfs)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let drop = super::retention::prune(&committed, &stored.def.snapshots, now);
-        self.store.mark_pruning(vfs, &drop)?;
-        let removed = self.remove_marked(vfs)?;
-        if !removed.is_empty() {
-            tracing::info!(vfs = %vfs, event = "snapshots_pruned", count = removed.len(), ids = ?removed,
-                "snapshots outside the retention grid removed");
-        }
-        Ok(removed)
-    }
-
-    /// Deletes the files of the snapshots marked `pruning`, then forgets them.
-    pub(super) fn remove_marked(&mut self, vfs: &str) -> Result<Vec<u64>, SinkError> {
-        // Files first, then the catalog in one transaction (also for those removed before an
-        // error: a crash in between leaves them marked, and their removal is done again).
-        let mut removed = Vec::new();
-        let mut failed = None;
-        for s in self.store.pruning_snapshots(vfs)? {
-            let files = s
-                .images
-                .iter()
-                .try_for_each(|i| self.images.remove(&i.path));
-            if let Err(e) = files {
-                failed = Some(e);
-                break;
-            }
-            let _ = self.images.remove_dir(&snapshot_dir(&self.pool, vfs, s.id));
-            removed.push(s.id);
-        }
-        self.store.forget_snapshots(vfs, &removed)?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        Ok(removed)
     }
 }

@@ -46,7 +46,7 @@ async fn full_copy(
     let (sent, got) = tokio::join!(send(a, &begin, pieces, Codec::Lz4, None), async move {
         receive(b, "site-a", sink).await
     });
-    (sent, got.map(|s| s.id))
+    (sent, got.map(|r| r.snapshot.id))
 }
 
 /// 8 MiB of distinct data in the 16 MiB volume, and a point of it.
@@ -208,7 +208,7 @@ async fn ship(
     let (sent, got) = tokio::join!(send(a, &begin, pieces, Codec::Lz4, None), async move {
         receive(b, "site-a", sink).await
     });
-    (sent, got.map(|s| s.id))
+    (sent, got.map(|r| r.snapshot.id))
 }
 
 #[tokio::test]
