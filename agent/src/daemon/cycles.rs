@@ -206,6 +206,12 @@ impl Cycles {
                         .map_or("?".to_owned(), |d| d.replication.peer.clone());
                     self.pool_full(site, &done.vfs, &peer, full);
                 } else {
+                    if let replicate::CycleFailure::Session(SessionError::BaseMissing { .. }) =
+                        &failure
+                    {
+                        // The full copy that replaces the lost base starts at once.
+                        self.next_due.insert(done.vfs.clone(), Instant::now());
+                    }
                     tracing::error!(site = %site, vfs = %done.vfs, event = "cycle_failed", error = %message,
                         "replication cycle failed; the DR site keeps its last snapshot");
                 }

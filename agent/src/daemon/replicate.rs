@@ -97,7 +97,10 @@ pub fn accept(
         };
         let started = Instant::now();
         match session::receive(conn.stream, &conn.from, sink).await {
-            Ok(session::Received { snapshot: s, mut sink }) => {
+            Ok(session::Received {
+                snapshot: s,
+                mut sink,
+            }) => {
                 let _ = committed.send(s.vfs.clone());
                 tracing::info!(site = %site, vfs = %s.vfs, peer = %conn.from, event = "cycle_committed",
                 cycle = s.cycle, snapshot = s.id, changed_bytes = s.changed_bytes, shipped_bytes = s.shipped_bytes,
@@ -373,6 +376,14 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
         }
         Err(e) => {
             let _ = drop_point(&mut images, &point);
+            if let CycleFailure::Session(SessionError::BaseMissing { missing, .. }) = &e {
+                // The DR site lost the base (snapshots removed by hand, a catalog started
+                // anew): only a full copy brings it back; its other snapshots stay.
+                store.source_resync(&vfs)?;
+                tracing::warn!(vfs = %vfs, event = "resync_needed", cycle, base = missing.base,
+                    dr_latest = ?missing.latest,
+                    "the DR site does not hold the last acknowledged snapshot; a full copy follows");
+            }
             Err(e)
         }
     }

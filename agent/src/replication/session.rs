@@ -20,7 +20,10 @@ use super::{
     cycle::{CycleError, Piece},
     resume::check_offsets,
     sink::{Began, Sink, SinkError},
-    wire::{Begin, Frame, FrameReader, FrameWriter, PoolFull, WireError, WireStats, check_bounds},
+    wire::{
+        BaseMissing, Begin, Frame, FrameReader, FrameWriter, PoolFull, WireError, WireStats,
+        check_bounds,
+    },
 };
 use crate::state::Snapshot;
 
@@ -72,6 +75,11 @@ pub enum SessionError {
     /// The DR site has no room for the cycle in its pool (nothing was changed there).
     #[error("the DR site has no room for cycle {cycle}: pool {} needs {} bytes, {} free", full.pool, full.needs, full.free)]
     PoolFull { cycle: u64, full: PoolFull },
+    /// The DR site does not hold the delta's base as its latest snapshot (nothing was changed
+    /// there): a full copy is needed.
+    #[error("the DR site cannot apply cycle {cycle}: it is a delta on snapshot {}, the DR site's latest is {}",
+        missing.base, missing.latest.map_or("none".to_string(), |l| l.to_string()))]
+    BaseMissing { cycle: u64, missing: BaseMissing },
     #[error("cycle {cycle}: expected {expected}, the peer sent {got}")]
     Unexpected {
         cycle: u64,
@@ -131,6 +139,12 @@ where
                 return Err(SessionError::Refused {
                     cycle: begin.cycle,
                     reason,
+                });
+            }
+            Frame::BaseMissing(missing) => {
+                return Err(SessionError::BaseMissing {
+                    cycle: begin.cycle,
+                    missing,
                 });
             }
             // No room at the DR site for this cycle: checked before anything is written.
@@ -209,7 +223,11 @@ where
     }
     .await;
     let sent = match sent {
-        Err(e @ (SessionError::Refused { .. } | SessionError::PoolFull { .. })) => return Err(e),
+        Err(
+            e @ (SessionError::Refused { .. }
+            | SessionError::PoolFull { .. }
+            | SessionError::BaseMissing { .. }),
+        ) => return Err(e),
         Ok(Some(snapshot)) => {
             return Ok(Sent {
                 snapshot,
@@ -314,6 +332,10 @@ where
             let _ = writer.pool_full(&full).await;
             Err(SessionError::Sink(SinkError::PoolFull { vfs, full }))
         }
+        Err(SessionError::Sink(SinkError::BaseMissing { vfs, missing })) => {
+            let _ = writer.base_missing(&missing).await;
+            Err(SessionError::Sink(SinkError::BaseMissing { vfs, missing }))
+        }
         Err(e) => {
             let _ = writer.refused(&e.to_string()).await;
             Err(e)
@@ -410,9 +432,10 @@ fn run_sink(mut sink: Sink, mut jobs: mpsc::Receiver<Job>) -> Sink {
                     let _ = reply.send(Ok(Ready::Committed(s)));
                     return sink;
                 }
-                // A full pool keeps its kind (the sender pauses); anything else is a refusal.
-                Err(SinkError::PoolFull { vfs, full }) => {
-                    let _ = reply.send(Err(SinkError::PoolFull { vfs, full }));
+                // A full pool (the sender pauses) and a missing base (it resyncs) keep their
+                // kind; anything else is a refusal.
+                Err(e @ (SinkError::PoolFull { .. } | SinkError::BaseMissing { .. })) => {
+                    let _ = reply.send(Err(e));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(SinkError::Refused {

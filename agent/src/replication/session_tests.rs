@@ -143,10 +143,58 @@ async fn a_delta_on_a_snapshot_this_site_does_not_have_is_refused() {
     let mut w = world();
     let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
     let (sent, _) = w.cycle("site-a", None, &p1, Some(7)).await;
-    let e = sent.unwrap_err().to_string();
-    assert!(e.contains("delta on snapshot 7"), "{e}");
+    let e = sent.unwrap_err();
+    assert!(
+        matches!(&e, SessionError::BaseMissing { cycle: 1, missing }
+            if missing.base == 7 && missing.latest.is_none()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("delta on snapshot 7"), "{e}");
     let replica = replica_volumes(Path::new("/b/pool"), &test_vfs("fs1", "site-b", "/m"));
     assert!(!w.dst.files().contains(&replica[0].image));
+}
+
+#[tokio::test]
+async fn a_lost_base_is_answered_as_such_and_a_full_copy_takes_its_place() {
+    let mut w = world();
+    let img = w.vols[0].image.clone();
+    w.src.write_user(&img, 0, &[1u8; 8192]).unwrap();
+    let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    w.cycle("site-a", None, &p1, None).await.0.unwrap();
+    w.src.write_user(&img, 4096, &[2u8; 4096]).unwrap();
+    let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    w.cycle("site-a", Some(&p1), &p2, Some(1)).await.0.unwrap();
+    // Snapshot 2 is removed at the DR site (by hand): cycle 3, a delta on it, cannot apply.
+    let mut sink = w.sink();
+    sink.store.mark_pruning("fs1", &[2]).unwrap();
+    sink.prune("fs1").unwrap();
+    let replica = replica_volumes(Path::new("/b/pool"), &test_vfs("fs1", "site-b", "/m"));
+    let before = w.dst.content(&replica[0].image);
+    w.src.write_user(&img, 0, &[3u8; 4096]).unwrap();
+    let p3 = take_point(&mut w.src, &w.vols, 3, Path::new("/a/clones")).unwrap();
+    let e = w
+        .cycle("site-a", Some(&p2), &p3, Some(2))
+        .await
+        .0
+        .unwrap_err();
+    assert!(
+        matches!(&e, SessionError::BaseMissing { cycle: 3, missing }
+            if missing.base == 2 && missing.latest == Some(1)),
+        "{e}"
+    );
+    assert_eq!(w.dst.content(&replica[0].image), before, "nothing touched");
+    // The resync: a full copy of the same point, as cycle 3.
+    assert_eq!(w.cycle("site-a", None, &p3, None).await.0.unwrap(), 3);
+    let store = Store::open(w.dir.path()).unwrap();
+    let ids: Vec<u64> = store
+        .snapshots("fs1")
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [1, 3], "the older snapshot stays");
+    let snap3 = PathBuf::from("/b/pool/snapshots/fs1/3/data.img");
+    assert_eq!(w.dst.content(&snap3), w.src.content(&p3.clones[0]));
 }
 
 #[tokio::test]
@@ -161,8 +209,19 @@ async fn snapshots_outside_the_retention_grid_are_pruned_after_the_answer() {
     let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
     w.cycle("site-a", Some(&p1), &p2, Some(1)).await.0.unwrap();
     let store = Store::open(w.dir.path()).unwrap();
-    let ids = || -> Vec<u64> { store.snapshots("fs1").unwrap().iter().map(|s| s.id).collect() };
-    assert_eq!(ids(), [1, 2], "the commit answers before anything is pruned");
+    let ids = || -> Vec<u64> {
+        store
+            .snapshots("fs1")
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect()
+    };
+    assert_eq!(
+        ids(),
+        [1, 2],
+        "the commit answers before anything is pruned"
+    );
     assert_eq!(w.sink().prune("fs1").unwrap(), [1]);
     assert_eq!(ids(), [2]);
     assert!(

@@ -18,7 +18,7 @@ use super::{
     fsops::Images,
     redo,
     resume::{Checkpoint, Frontier},
-    wire::{Begin, PoolFull},
+    wire::{BaseMissing, Begin, PoolFull},
 };
 use crate::{
     config::VfsDef,
@@ -55,6 +55,11 @@ pub enum SinkError {
     /// No room in the pool for the cycle: a refusal of its own kind (the sender pauses).
     #[error("VFS {vfs}: the DR pool {} is full: the cycle needs {} bytes, {} are free (beyond the reserve)", full.pool, full.needs, full.free)]
     PoolFull { vfs: String, full: PoolFull },
+    /// The delta applies to a snapshot that is not this site's latest: a refusal of its own
+    /// kind (the sender resyncs with a full copy).
+    #[error("VFS {vfs}: the delta applies to snapshot {}, this site's latest is {}", missing.base,
+        missing.latest.map_or("none".to_string(), |l| l.to_string()))]
+    BaseMissing { vfs: String, missing: BaseMissing },
 }
 
 /// Room kept for file-system metadata per volume on top of the data a cycle writes.
@@ -177,13 +182,13 @@ impl Sink {
         if let Some(base) = b.base
             && latest.as_ref().map(|s| s.id) != Some(base)
         {
-            return Err(refuse(format!(
-                "cycle {} is a delta on snapshot {base}, this site's latest is {}",
-                b.cycle,
-                latest
-                    .as_ref()
-                    .map_or("none".to_string(), |s| s.id.to_string())
-            )));
+            return Err(SinkError::BaseMissing {
+                vfs: b.vfs.clone(),
+                missing: BaseMissing {
+                    base,
+                    latest: latest.as_ref().map(|s| s.id),
+                },
+            });
         }
         let resume = redo::resumable(self, b, &volumes)?;
         if resume.is_none()

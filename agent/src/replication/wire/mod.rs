@@ -29,6 +29,7 @@
 //! | 0x82 | `Refused` | receiver -> sender | reason, UTF-8 |
 //! | 0x83 | `PoolFull` | receiver -> sender | JSON `{pool, needs, free}` ([`PoolFull`]) |
 //! | 0x84 | `Resume` | receiver -> sender | cycle u64, count u16, count x offset u64 |
+//! | 0x85 | `BaseMissing` | receiver -> sender | JSON `{base, latest}` ([`BaseMissing`]) |
 //!
 //! Codec bytes: 0 none, 1 zstd (level 1), 2 lz4 (block format); see [`super::codec`]. A `Data`
 //! frame decodes to at most [`MAX_DATA`] (8 MiB) bytes. `volume` is the index of the volume in
@@ -51,6 +52,10 @@
 //! before anything is written, or met as ENOSPC while applying); the sender pauses and retries.
 //! `Begin`'s `write_bytes` per volume (the bytes of its `Data` frames) lets the receiver check its
 //! room first; a sender that leaves it out is assumed to rewrite the whole volume.
+//!
+//! `BaseMissing` answers a `Begin` whose delta applies to a snapshot the receiver does not hold as
+//! its latest (removed by hand, or a catalog started anew); nothing is touched, and the sender
+//! starts a full copy (a resync) in its place.
 //!
 //! `VolumeEnd` carries the number of `Data` and `Zero` frames sent for the volume (`blocks`) and a
 //! SHA-256 ([`VolumeDigest`]) over, for each of them in order: a tag byte (`D` or `Z`), the offset
@@ -101,6 +106,7 @@ const COMMITTED: u8 = 0x81;
 const REFUSED: u8 = 0x82;
 const POOL_FULL: u8 = 0x83;
 const RESUME: u8 = 0x84;
+const BASE_MISSING: u8 = 0x85;
 
 /// Fixed fields of a `Data` payload: volume, offset, len, codec.
 const DATA_FIELDS: usize = 2 + 8 + 4 + 1;
@@ -125,6 +131,15 @@ pub struct PoolFull {
     pub pool: String,
     pub needs: u64,
     pub free: u64,
+}
+
+/// Why a receiver cannot apply a delta: the snapshot it applies to is not its latest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseMissing {
+    /// The snapshot the delta applies to.
+    pub base: u64,
+    /// The receiver's latest snapshot, if any.
+    pub latest: Option<u64>,
 }
 
 /// What a cycle is: `base` is the snapshot the delta applies to (`None` for a full copy).
@@ -174,6 +189,7 @@ pub enum Frame {
         reason: String,
     },
     PoolFull(PoolFull),
+    BaseMissing(BaseMissing),
     /// Per volume of `Begin`, the offset the sender starts at (see the module docs).
     Resume {
         cycle: u64,
@@ -193,6 +209,7 @@ impl Frame {
             Frame::Committed { .. } => "committed",
             Frame::Refused { .. } => "refused",
             Frame::PoolFull(_) => "pool_full",
+            Frame::BaseMissing(_) => "base_missing",
             Frame::Resume { .. } => "resume",
         }
     }
@@ -210,6 +227,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         REFUSED => "refused",
         POOL_FULL => "pool_full",
         RESUME => "resume",
+        BASE_MISSING => "base_missing",
         _ => return None,
     })
 }

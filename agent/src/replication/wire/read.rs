@@ -233,6 +233,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     })?;
                 Ok(Frame::PoolFull(full))
             }
+            BASE_MISSING => {
+                let missing: BaseMissing =
+                    serde_json::from_slice(p.bytes).map_err(|source| WireError::Json {
+                        kind: "base_missing",
+                        source,
+                    })?;
+                Ok(Frame::BaseMissing(missing))
+            }
             RESUME => {
                 p.at_least(10)?;
                 let (cycle, count) = (p.u64(0), usize::from(p.u16(8)));

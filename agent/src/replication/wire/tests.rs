@@ -92,6 +92,12 @@ async fn every_frame_kind_round_trips_with_every_codec() {
                 w.refused("epoch 2 is older than 3 — refused")
                     .await
                     .unwrap();
+                w.base_missing(&BaseMissing {
+                    base: 7,
+                    latest: Some(5),
+                })
+                .await
+                .unwrap();
                 w.stats()
             }
         });
@@ -171,9 +177,16 @@ async fn every_frame_kind_round_trips_with_every_codec() {
                 reason: "epoch 2 is older than 3 — refused".into()
             }
         );
+        assert_eq!(
+            r.next().await.unwrap(),
+            Frame::BaseMissing(BaseMissing {
+                base: 7,
+                latest: Some(5)
+            })
+        );
         let sent = sender.await.unwrap();
         assert!(matches!(r.next().await, Err(WireError::Closed)));
-        assert_eq!(sent.frames, 11);
+        assert_eq!(sent.frames, 12);
         assert_eq!(r.stats(), sent, "{codec}");
         let raw = compressible.len() + random.len();
         assert_eq!(sent.data_bytes, raw as u64);
@@ -400,6 +413,20 @@ async fn unknown_codec_kind_flags_and_bad_payloads_are_refused() {
         .unwrap_err();
     assert!(
         matches!(error, WireError::Json { kind: "begin", .. }),
+        "{error}"
+    );
+    let error = read_bytes(&raw_frame(BASE_MISSING, b"{\"base\":-1}"))
+        .await
+        .0
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            WireError::Json {
+                kind: "base_missing",
+                ..
+            }
+        ),
         "{error}"
     );
 }

@@ -169,6 +169,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await
     }
 
+    /// The receiver does not hold the delta's base as its latest snapshot; flushes.
+    pub async fn base_missing(&mut self, missing: &BaseMissing) -> Result<(), WireError> {
+        self.start();
+        serde_json::to_writer(&mut self.buf, missing).map_err(|source| WireError::Json {
+            kind: "base_missing",
+            source,
+        })?;
+        self.send_buf(BASE_MISSING).await?;
+        self.flush().await
+    }
+
     /// The receiver's answer to `Begin`: where the sender starts in each volume; flushes.
     pub async fn resume(&mut self, cycle: u64, offsets: &[u64]) -> Result<(), WireError> {
         let count = u16::try_from(offsets.len()).map_err(|_| WireError::TooLarge {
@@ -215,6 +226,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             Frame::Committed { cycle, snapshot } => self.committed(*cycle, *snapshot).await,
             Frame::Refused { reason } => self.refused(reason).await,
             Frame::PoolFull(full) => self.pool_full(full).await,
+            Frame::BaseMissing(missing) => self.base_missing(missing).await,
             Frame::Resume { cycle, offsets } => self.resume(*cycle, offsets).await,
         }
     }
