@@ -177,7 +177,7 @@ impl Cycles {
             Ok(mut outcome) => {
                 agent.check_tracker_gaps(&mut outcome);
                 let r = outcome.report;
-                self.resumed(site, &r.vfs, r.cycle);
+                self.resumed(&mut agent.store, site, &r.vfs, r.cycle);
                 let next = agent
                     .config()
                     .vfs
@@ -204,7 +204,7 @@ impl Cycles {
                         .iter()
                         .find(|d| d.name == done.vfs)
                         .map_or("?".to_owned(), |d| d.replication.peer.clone());
-                    self.pool_full(site, &done.vfs, &peer, full);
+                    self.pool_full(&mut agent.store, site, &done.vfs, &peer, full);
                 } else {
                     if let replicate::CycleFailure::Session(SessionError::BaseMissing { .. }) =
                         &failure

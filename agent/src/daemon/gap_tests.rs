@@ -180,20 +180,31 @@ fn without_a_continuous_window_the_check_says_why_it_was_not_made() {
 }
 
 #[test]
-fn a_full_dr_pool_alerts_once_and_a_committed_cycle_resumes() {
+fn a_full_dr_pool_alerts_once_survives_a_restart_and_a_committed_cycle_resumes() {
+    let (mut agent, _, _) = agent();
     let mut cycles = Cycles::default();
     let full = |free| PoolFull {
         pool: "/pool".into(),
         needs: 100,
         free,
     };
-    cycles.pool_full("site-a", "fs1", "site-b", &full(10));
-    cycles.pool_full("site-a", "fs1", "site-b", &full(20));
-    let p = &cycles.paused["fs1"];
+    cycles.pool_full(&mut agent.store, "site-a", "fs1", "site-b", &full(10));
+    cycles.pool_full(&mut agent.store, "site-a", "fs1", "site-b", &full(20));
+    let p = cycles.paused["fs1"].clone();
     assert_eq!(
         (p.site.as_str(), p.needs, p.free, p.refused_cycles),
         ("site-b", 100, 20, 2)
     );
-    cycles.resumed("site-a", "fs1", 7);
-    assert!(cycles.paused.is_empty());
+    // A restarted agent takes the pause back from the store.
+    let mut restarted = Cycles::default();
+    restarted.restore_paused(&agent.store, "site-a", ["fs1", "ghost"]);
+    assert_eq!(restarted.paused.get("fs1"), Some(&p));
+    restarted.resumed(&mut agent.store, "site-a", "fs1", 7);
+    assert!(restarted.paused.is_empty());
+    let mut again = Cycles::default();
+    again.restore_paused(&agent.store, "site-a", ["fs1"]);
+    assert!(
+        again.paused.is_empty(),
+        "the end of the pause is recorded too"
+    );
 }

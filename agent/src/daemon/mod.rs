@@ -156,6 +156,11 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let (data_tx, mut data_rx) = mpsc::channel::<DataConn>(4);
     let mut link = PeerLink::start(agent.config(), peer_tx, data_tx).await?;
     let mut cycles = Cycles::default();
+    cycles.restore_paused(
+        &agent.store,
+        &site,
+        agent.config().vfs.iter().map(|d| d.name.as_str()),
+    );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CycleDone>();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<String>();
     let (verified_tx, mut verified_rx) = mpsc::unbounded_channel::<String>();

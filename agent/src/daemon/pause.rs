@@ -4,8 +4,11 @@
 //! (`replication_paused`, error) when the pause begins, not one per retry; cycles are retried
 //! every interval (and by `vfsdr replicate --now`), and `replication_resumed` is logged when one
 //! is committed again. `vfsdr status` shows the pause.
+//!
+//! The pause is kept in the state store, so a restarted agent still shows it and does not raise
+//! the alert again.
 use super::Cycles;
-use crate::{api::Paused, replication::wire::PoolFull};
+use crate::{api::Paused, replication::wire::PoolFull, state::Store};
 
 fn unix_s() -> u64 {
     std::time::SystemTime::now()
@@ -15,7 +18,14 @@ fn unix_s() -> u64 {
 
 impl Cycles {
     /// The DR site `peer` refused a cycle of `vfs`: its pool is full.
-    pub(super) fn pool_full(&mut self, site: &str, vfs: &str, peer: &str, full: &PoolFull) {
+    pub(super) fn pool_full(
+        &mut self,
+        store: &mut Store,
+        site: &str,
+        vfs: &str,
+        peer: &str,
+        full: &PoolFull,
+    ) {
         match self.paused.get_mut(vfs) {
             Some(p) => {
                 p.needs = full.needs;
@@ -44,14 +54,51 @@ impl Cycles {
                 );
             }
         }
+        let value = serde_json::to_value(&self.paused[vfs]).unwrap_or_default();
+        if let Err(e) = store.source_paused(vfs, &value) {
+            tracing::warn!(site = %site, vfs = %vfs, error = %e, "cannot record the pause");
+        }
     }
 
     /// A cycle of `vfs` was committed: a pause ends.
-    pub(super) fn resumed(&mut self, site: &str, vfs: &str, cycle: u64) {
+    pub(super) fn resumed(&mut self, store: &mut Store, site: &str, vfs: &str, cycle: u64) {
         if let Some(p) = self.paused.remove(vfs) {
             tracing::info!(site = %site, vfs = %vfs, peer = %p.site, event = "replication_resumed", cycle,
                 refused_cycles = p.refused_cycles, paused_s = unix_s().saturating_sub(p.since_unix_s),
                 "replication resumed: the DR site committed a cycle again");
+            if let Err(e) = store.source_paused(vfs, &serde_json::Value::Null) {
+                tracing::warn!(site = %site, vfs = %vfs, error = %e, "cannot record the end of the pause");
+            }
+        }
+    }
+
+    /// Takes back the pauses the store holds for `vfss` (at start).
+    pub(super) fn restore_paused<'a>(
+        &mut self,
+        store: &Store,
+        site: &str,
+        vfss: impl IntoIterator<Item = &'a str>,
+    ) {
+        for vfs in vfss {
+            let paused = store.source_state(vfs).map(|s| s.map(|s| s.paused));
+            match paused {
+                Ok(Some(value)) if !value.is_null() => {
+                    match serde_json::from_value::<Paused>(value) {
+                        Ok(p) => {
+                            tracing::warn!(site = %site, vfs = %vfs, peer = %p.site, event = "replication_still_paused",
+                            since_unix_s = p.since_unix_s, refused_cycles = p.refused_cycles,
+                            "replication was paused (DR pool full) before the restart; cycles are retried every interval");
+                            self.paused.insert(vfs.to_owned(), p);
+                        }
+                        Err(e) => tracing::warn!(site = %site, vfs = %vfs, error = %e,
+                        "the recorded pause cannot be read; ignored"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(site = %site, vfs = %vfs, error = %e, "cannot read the recorded pause")
+                }
+            }
         }
     }
 }

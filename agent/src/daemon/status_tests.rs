@@ -195,6 +195,7 @@ fn the_state_and_point_come_from_the_last_report_or_the_store() {
         point_unix_ms: Some(NOW_MS - 2_000),
         updated_unix: NOW_MS / 1000,
         pending: serde_json::Value::Null,
+        paused: serde_json::Value::Null,
     };
     let s = vfs_status(
         Known {

@@ -22,7 +22,7 @@ pub(super) const APPLICATION_ID: i32 = 0x7666_7364;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration steps: step `i` brings a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Version 1: definitions, reservations, shortages.
 ///
@@ -158,6 +158,13 @@ CREATE TABLE snapshot_point (
     PRIMARY KEY (vfs, id),
     FOREIGN KEY (vfs, id) REFERENCES snapshot (vfs, id) ON UPDATE RESTRICT ON DELETE CASCADE
 ) STRICT, WITHOUT ROWID;
+";
+
+/// Version 4: `source_cycle.paused` (JSON, `null` when not paused) is the pause of a VFS's
+/// replication because its DR site's pool is full, so a restarted agent keeps it (and does
+/// not raise the alert again).
+const V4: &str = "
+ALTER TABLE source_cycle ADD COLUMN paused TEXT NOT NULL DEFAULT 'null' CHECK (json_valid(paused));
 ";
 
 /// The schema version of the database.

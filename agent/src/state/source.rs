@@ -27,12 +27,15 @@ pub struct SourceState {
     pub updated_unix: u64,
     /// The point of a full sync under way ([`Store::source_pending`]), `null` when none.
     pub pending: Value,
+    /// The pause of replication for a full DR pool ([`Store::source_paused`]), `null` when
+    /// none.
+    pub paused: Value,
 }
 
 fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError> {
-    let sql = "SELECT last_acked, clone, initial_done, updated_unix, pending FROM source_cycle
-               WHERE vfs = ?1";
-    type SourceRow = (Option<i64>, String, i64, i64, String);
+    let sql = "SELECT last_acked, clone, initial_done, updated_unix, pending, paused
+               FROM source_cycle WHERE vfs = ?1";
+    type SourceRow = (Option<i64>, String, i64, i64, String, String);
     let read = |row: &Row<'_>| -> rusqlite::Result<SourceRow> {
         Ok((
             row.get(0)?,
@@ -40,10 +43,13 @@ fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError
             row.get(2)?,
             row.get(3)?,
             row.get(4)?,
+            row.get(5)?,
         ))
     };
     let row = db.conn.query_row(sql, [vfs], read).optional();
-    let Some((acked, clones, initial_done, updated, pending)) = row.map_err(|e| db.fail(e))? else {
+    let Some((acked, clones, initial_done, updated, pending, paused)) =
+        row.map_err(|e| db.fail(e))?
+    else {
         return Ok(None);
     };
     let stored: Value = serde_json::from_str(&clones).map_err(|e| db.decode(vfs, "clones", e))?;
@@ -55,6 +61,7 @@ fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError
         point_unix_ms,
         updated_unix: db.u64(vfs, "progress time", updated)?,
         pending: serde_json::from_str(&pending).map_err(|e| db.decode(vfs, "pending point", e))?,
+        paused: serde_json::from_str(&paused).map_err(|e| db.decode(vfs, "pause", e))?,
     }))
 }
 
@@ -171,6 +178,29 @@ impl Store {
                 "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix, pending)
                  VALUES (?1, NULL, 'null', 0, ?2, ?3)
                  ON CONFLICT (vfs) DO UPDATE SET pending = excluded.pending,
+                     updated_unix = excluded.updated_unix",
+                params![vfs, time_to_db(now_unix()), json],
+            )?;
+            Ok(stored.map_or(Change::Created, |_| Change::Updated))
+        })
+    }
+
+    /// Active site: records the pause of `vfs`'s replication (`null`: not paused), so a
+    /// restarted agent keeps it. The same value again is `Unchanged`.
+    pub fn source_paused(&mut self, vfs: &str, paused: &Value) -> Result<Change, StateError> {
+        let json = encode(vfs, "pause", paused)?;
+        let op = || format!("record the replication pause of VFS {vfs}");
+        self.write(&op, |db| {
+            require_vfs(db, vfs)?;
+            let stored = load_source(db, vfs)?;
+            if stored.as_ref().map_or(paused.is_null(), |s| &s.paused == paused) {
+                return Ok(Change::Unchanged);
+            }
+            exec(
+                db,
+                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix, paused)
+                 VALUES (?1, NULL, 'null', 0, ?2, ?3)
+                 ON CONFLICT (vfs) DO UPDATE SET paused = excluded.paused,
                      updated_unix = excluded.updated_unix",
                 params![vfs, time_to_db(now_unix()), json],
             )?;

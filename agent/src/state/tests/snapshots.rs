@@ -642,3 +642,42 @@ fn the_point_of_a_full_sync_under_way_survives_a_restart_until_acknowledged() {
     let err = store.source_pending("ghost", &pending).unwrap_err();
     assert!(matches!(err, StateError::UnknownVfs { .. }), "{err:?}");
 }
+
+#[test]
+fn a_pause_survives_a_restart_until_lifted() {
+    let tmp = TempDir::new().unwrap();
+    let mut store = store_with_two(tmp.path());
+    assert_eq!(
+        store.source_paused("fs1", &json!(null)).unwrap(),
+        Change::Unchanged,
+        "not paused, nothing recorded"
+    );
+    let paused = json!({"vfs": "fs1", "site": "site-b", "needs": 5});
+    assert_eq!(
+        store.source_paused("fs1", &paused).unwrap(),
+        Change::Created
+    );
+    assert_eq!(
+        store.source_paused("fs1", &paused).unwrap(),
+        Change::Unchanged
+    );
+    store.source_acked("fs1", 1, &json!(["a"]), None).unwrap();
+    drop(store);
+    let mut store = open(tmp.path());
+    let state = store.source_state("fs1").unwrap().unwrap();
+    assert_eq!(
+        (state.last_acked, &state.paused),
+        (Some(1), &paused),
+        "an ack keeps it"
+    );
+    assert_eq!(
+        store.source_paused("fs1", &json!(null)).unwrap(),
+        Change::Updated
+    );
+    assert_eq!(
+        store.source_state("fs1").unwrap().unwrap().paused,
+        json!(null)
+    );
+    let err = store.source_paused("ghost", &paused).unwrap_err();
+    assert!(matches!(err, StateError::UnknownVfs { .. }), "{err:?}");
+}
