@@ -56,7 +56,7 @@ struct Checkpoint {
 
 struct Sample {
     cycle: Cycle,
-    /// The DR site's `duration_ms` for the cycle (receive, apply, commit, prune).
+    /// The DR site's `duration_ms` for the cycle (receive, apply, commit; pruning follows the answer).
     dr_ms: u64,
 }
 
@@ -189,7 +189,17 @@ pub fn run(
         },
     )?;
     let before_prune = pool_used(&pool)?;
+    let pruned_logs = || pair.agent_b.log_text().matches("snapshots_pruned").count();
+    let pruned_before = pruned_logs();
+    let prune_start = Instant::now();
     let prune = run_cycles(&pair, &churn, o.count + 1..=o.count + 1, |_| Ok(()))?;
+    // The DR site prunes after it answered the commit.
+    wait_for(
+        "the prune after the commit",
+        Duration::from_secs(300),
+        || Ok(pruned_logs() > pruned_before),
+    )?;
+    let pruned_after = prune_start.elapsed();
     let prune_dr = dr_durations(&pair.agent_b.log_text())
         .get(&prune[0].snapshot)
         .copied()
@@ -220,6 +230,7 @@ pub fn run(
         total,
         prune: &prune[0],
         prune_dr,
+        pruned_after,
         kept: left.len(),
         before_prune,
         after_prune,
@@ -244,6 +255,8 @@ struct Rendered<'a> {
     total: Duration,
     prune: &'a Cycle,
     prune_dr: u64,
+    /// From the start of the cycle until the DR site logged the prune.
+    pruned_after: Duration,
     kept: usize,
     before_prune: u64,
     after_prune: u64,
@@ -298,7 +311,7 @@ fn render(r: &Rendered) -> anyhow::Result<String> {
     writeln!(o, "## Cycle time as the series grows (p50 / p99, ms)\n")?;
     writeln!(
         o,
-        "| cycles | CLI wall | active site `duration_ms` | DR site receive + commit + prune |"
+        "| cycles | CLI wall | active site `duration_ms` | DR site receive + commit |"
     )?;
     writeln!(o, "|---|---|---|---|")?;
     let after = format!(
@@ -360,13 +373,15 @@ fn render(r: &Rendered) -> anyhow::Result<String> {
         o,
         "The grid changed to one snapshot per minute (SIGHUP at the active site; the DR site \
          gets the definition). The next cycle committed snapshot {} and pruned {} snapshots, \
-         keeping {}: CLI wall {:.0} ms, DR site receive + commit + prune {} ms. The DR pool \
-         went from {:.1} MiB to {:.1} MiB.",
+         keeping {}: CLI wall {:.0} ms, DR site receive + commit {} ms; the DR site prunes \
+         after it answered the commit, and logged the prune {:.0} ms after the cycle started. \
+         The DR pool went from {:.1} MiB to {:.1} MiB.",
         r.prune.snapshot,
         (n + 2).saturating_sub(r.kept),
         r.kept,
         r.prune.wall.as_secs_f64() * 1e3,
         r.prune_dr,
+        r.pruned_after.as_secs_f64() * 1e3,
         r.before_prune as f64 / MIB as f64,
         r.after_prune as f64 / MIB as f64
     )?;
