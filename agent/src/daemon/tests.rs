@@ -444,3 +444,34 @@ fn the_writers_probe_follows_the_config_and_its_counts_hide_when_off() {
 }
 #[path = "status_tests.rs"]
 mod status_checks;
+
+#[test]
+fn snapshots_being_removed_are_not_listed() {
+    let (mut agent, _) = start(&[]).unwrap();
+    let def = crate::config::test_vfs("fs9", "site-b", "/m");
+    agent
+        .store
+        .put_definition(&def, crate::state::Role::Standby, 1, "site-a")
+        .unwrap();
+    for cycle in 1..=2 {
+        let image = crate::state::SnapshotImage {
+            volume: "data".into(),
+            path: format!("/pool/snapshots/fs9/{cycle}/data.img").into(),
+            size: 1 << 20,
+            allocated: 0,
+        };
+        let base = (cycle > 1).then(|| cycle - 1);
+        agent.store.begin_cycle("fs9", cycle, base).unwrap();
+        agent
+            .store
+            .commit_snapshot("fs9", cycle, 1, &[image], 0, 0)
+            .unwrap();
+    }
+    agent.store.mark_pruning("fs9", &[1]).unwrap();
+    let listed = now(agent.handle_vfs(Request::Snapshots { vfs: "fs9".into() }));
+    let Response::Snapshots { snapshots, .. } = listed else {
+        panic!("{listed:?}");
+    };
+    let ids: Vec<u64> = snapshots.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [2]);
+}

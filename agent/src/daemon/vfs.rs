@@ -333,7 +333,11 @@ impl Agent {
             },
             Ok((Some(stored), snapshots)) => Response::Snapshots {
                 vfs: vfs.to_owned(),
-                snapshots,
+                // Those being removed (a prune runs after each commit) are gone already.
+                snapshots: snapshots
+                    .into_iter()
+                    .filter(|s| s.state == crate::state::SnapshotState::Committed)
+                    .collect(),
                 filesystems: stored
                     .def
                     .volumes
