@@ -206,7 +206,11 @@ fn a_thousand_snapshots_are_kept_cheaply_mounted_and_pruned() -> anyhow::Result<
                 kept.is_superset(&expected),
                 "a snapshot the grid keeps is gone: kept {kept:?}, the grid keeps {expected:?}"
             );
-            Ok(kept == expected)
+            // Listed once marked; removed (files, then the catalog) after.
+            let files_gone = snapshots.iter().all(|&(id, _)| {
+                kept.contains(&id) || !pool.join(format!("snapshots/fs1/{id}")).exists()
+            });
+            Ok(kept == expected && files_gone)
         },
     )?;
     let pruned_after = prune_start.elapsed();
