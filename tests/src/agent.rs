@@ -2,12 +2,12 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 
 use crate::{Daemon, Site, guard::DirGuard};
 
@@ -265,17 +265,56 @@ impl Agent {
         })
     }
 
+    /// Runs `vfsdr ARGS --socket SOCKET` in the background (stdin closed, stdout and stderr
+    /// piped).
+    pub fn spawn_cli(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new(&self.bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.bin.display()))
+    }
+
+    /// Runs `vfsdr ARGS --socket SOCKET` on a pseudo-terminal (`script`); returns what it showed,
+    /// or an error with it if it failed.
+    pub fn cli_on_terminal(&self, args: &str) -> anyhow::Result<String> {
+        let line = format!(
+            "{} {args} --socket {}",
+            self.bin.display(),
+            self.socket.display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(out.status.success(), "`{line}` failed:\n{text}");
+        Ok(text)
+    }
+
     /// Kills the agent with SIGKILL (no chance to clean up) and returns how it ended.
     pub fn kill(mut self) -> anyhow::Result<ExitStatus> {
-        let daemon = self.daemon.take().context("agent already stopped")?;
-        // SAFETY: signals the process this harness started, by its pid.
-        unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
-        daemon.stop()
+        self.end(true)
     }
 
     /// Stops the agent with SIGTERM and returns how it exited.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        self.daemon.take().context("agent already stopped")?.stop()
+        self.end(false)
+    }
+
+    /// Kills (SIGKILL, `kill`) or stops (SIGTERM) the agent and returns how it ended; the handle
+    /// stays, without a process: its CLI calls fail, and dropping it does nothing.
+    pub(crate) fn end(&mut self, kill: bool) -> anyhow::Result<ExitStatus> {
+        let daemon = self.daemon.take().context("agent already stopped")?;
+        if kill {
+            // SAFETY: signals the process this harness started, by its pid.
+            unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
+        }
+        daemon.stop()
     }
 }
 

@@ -111,3 +111,21 @@ pub fn write_phases(m: &Path) -> [(&'static str, Vec<String>); 2] {
         ),
     ]
 }
+
+/// The trees `expected` and `actual` hold the same files, links and contents (`diff -r
+/// --no-dereference`); else an error with the differences.
+pub fn same_tree(expected: &Path, actual: &Path) -> anyhow::Result<()> {
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(expected)
+        .arg(actual)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{} differs from {}:\n{}",
+        actual.display(),
+        expected.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}

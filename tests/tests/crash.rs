@@ -14,8 +14,9 @@ use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use support::*;
 use vfsdr_lab::{
-    agent::Agent,
+    MIB,
     check::{sh, wait_for},
+    pair::Side,
     require_root,
 };
 
@@ -24,34 +25,25 @@ use vfsdr_lab::{
 /// point, and its snapshot equals that point's clone.
 fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
     require_root()?;
-    let p = pair(name)?;
-    let (agent_a, agent_b) = start_pair(&p)?;
-    p.write("big", BIG_MIB)?;
-    let cli = replicate_in_background(&agent_a)?;
-    let progress = wait_shipped(&agent_a, 110 * MIB)?;
+    let mut p = pair(name)?;
+    write(&p, "big", BIG_MIB)?;
+    let cli = p.replicate_in_background()?;
+    let progress = p.wait_shipped(110 * MIB)?;
     ensure!(progress["full"] == true, "{progress}");
-    let text = agent_a.cli(["status"])?;
+    let text = p.agent_a.cli(["status"])?;
     ensure!(
         text.contains("running cycles") && text.contains("fs1 cycle 1 full ["),
         "{text}"
     );
-    let (agent_a, agent_b) = if kill_active {
-        kill_9(agent_a)?;
-        wait_failed(cli, Duration::from_secs(30))?;
-        (Agent::start(&p.a, &p.a_config)?, agent_b)
-    } else {
-        kill_9(agent_b)?;
-        wait_failed(cli, Duration::from_secs(30))?;
-        (agent_a, Agent::start(&p.b, &p.b_config)?)
-    };
-    ensure!(
-        snapshot_ids(&agent_b)?.is_empty(),
-        "a snapshot of half a copy"
-    );
+    let killed = if kill_active { Side::Active } else { Side::Dr };
+    p.kill_agent(killed)?;
+    wait_failed(cli, Duration::from_secs(30))?;
+    p.start_agent(killed)?;
+    ensure!(p.snapshots()?.is_empty(), "a snapshot of half a copy");
 
     let r = if kill_active {
         // On a terminal, `replicate --now` draws the progress line.
-        let out = on_a_terminal(&agent_a, "replicate fs1 --now")?;
+        let out = p.agent_a.cli_on_terminal("replicate fs1 --now")?;
         ensure!(
             out.contains("fs1 cycle 1 full [") && out.contains("% ") && out.contains("/s, "),
             "no progress line on the terminal:\n{out}"
@@ -62,13 +54,13 @@ fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
             .filter(|l| l.contains('%'))
             .collect();
         eprintln!("on the terminal, last progress line: {:?}", lines.last());
-        let status = agent_a.status()?;
+        let status = p.status_a()?;
         let last = status["replication"]
             .as_array()
             .and_then(|a| a.iter().find(|r| r["vfs"] == "fs1"));
         last.context("no cycle in the status")?.clone()
     } else {
-        replicate(&agent_a)?
+        p.replicate_now()?
     };
     ensure!(r["full"] == true && r["cycle"] == 1, "{r}");
     let resumed = r["resumed_bytes"].as_u64().unwrap_or(0);
@@ -76,7 +68,7 @@ fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
         resumed >= 64 * MIB,
         "the copy started over instead of resuming: {r}"
     );
-    let (log_a, log_b) = (agent_a.log_text(), agent_b.log_text());
+    let (log_a, log_b) = (p.agent_a.log_text(), p.agent_b.log_text());
     ensure!(
         log_a.contains("pending_point_reused"),
         "the active site took a new point:\n{log_a}"
@@ -88,8 +80,8 @@ fn full_copy_interrupted(name: &str, kill_active: bool) -> anyhow::Result<()> {
     ensure!(log_b.contains("full_copy_resumed"), "{log_b}");
     p.check_snapshot(&r)?;
     // And the next cycle is an ordinary delta on it.
-    p.write("after", 4)?;
-    let r2 = replicate(&agent_a)?;
+    write(&p, "after", 4)?;
+    let r2 = p.replicate_now()?;
     ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
     p.check_snapshot(&r2)?;
     eprintln!("resumed after {} MiB of {BIG_MIB} MiB", resumed / MIB);
@@ -112,38 +104,25 @@ fn a_full_copy_interrupted_by_kill_9_of_the_dr_agent_resumes() -> anyhow::Result
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
 fn a_cycle_interrupted_by_kill_9_of_the_dr_agent_leaves_the_last_snapshot() -> anyhow::Result<()> {
     require_root()?;
-    let p = pair("crash-dr")?;
-    let (agent_a, agent_b) = start_pair(&p)?;
-    p.write("first", 4)?;
-    let r1 = replicate(&agent_a)?;
+    let mut p = pair("crash-dr")?;
+    let (r1, before) = first_cycle(&p)?;
     p.check_snapshot(&r1)?;
-    let before = p.lab.dir().join("before");
-    sh(&format!("cp -a '{}' '{}'", p.mount(), before.display()))?;
-
-    p.write("big", BIG_MIB)?;
-    let cli = replicate_in_background(&agent_a)?;
-    wait_shipped(&agent_a, 50 * MIB)?;
-    kill_9(agent_b)?;
+    let cli = big_cycle_under_way(&p)?;
+    p.kill_agent(Side::Dr)?;
     let error = wait_failed(cli, Duration::from_secs(60))?;
     eprintln!("the interrupted cycle failed: {}", error.trim());
 
-    let agent_b = Agent::start(&p.b, &p.b_config)?;
-    ensure!(
-        snapshot_ids(&agent_b)? == [1],
-        "{:?}",
-        snapshot_ids(&agent_b)
-    );
-    let check = p.lab.dir().join("check");
-    snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
+    p.start_agent(Side::Dr)?;
+    only_the_first_snapshot(&p)?;
+    p.snapshot_holds(&r1, "data", &before)?;
 
-    let r2 = replicate(&agent_a)?;
+    let r2 = p.replicate_now()?;
     ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
-    p.check_snapshot(&r2)?;
-    snapshot_holds(&p.snapshot(&r2["snapshot"]), &check, p.vol.mount_point())?;
+    check_latest(&p, &r2)?;
     ensure!(
-        agent_b.log_text().contains("cycle_abandoned"),
+        p.agent_b.log_text().contains("cycle_abandoned"),
         "{}",
-        agent_b.log_text()
+        p.agent_b.log_text()
     );
     Ok(())
 }
@@ -152,43 +131,31 @@ fn a_cycle_interrupted_by_kill_9_of_the_dr_agent_leaves_the_last_snapshot() -> a
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
 fn a_cycle_interrupted_by_kill_9_of_the_active_agent_is_redone() -> anyhow::Result<()> {
     require_root()?;
-    let p = pair("crash-src-delta")?;
-    let (agent_a, agent_b) = start_pair(&p)?;
-    p.write("first", 4)?;
-    let r1 = replicate(&agent_a)?;
-    let before = p.lab.dir().join("before");
-    sh(&format!("cp -a '{}' '{}'", p.mount(), before.display()))?;
-
-    p.write("big", BIG_MIB)?;
-    let cli = replicate_in_background(&agent_a)?;
-    wait_shipped(&agent_a, 50 * MIB)?;
-    kill_9(agent_a)?;
+    let mut p = pair("crash-src-delta")?;
+    let (r1, before) = first_cycle(&p)?;
+    let cli = big_cycle_under_way(&p)?;
+    p.kill_agent(Side::Active)?;
     wait_failed(cli, Duration::from_secs(30))?;
+    only_the_first_snapshot(&p)?;
     ensure!(
-        snapshot_ids(&agent_b)? == [1],
-        "{:?}",
-        snapshot_ids(&agent_b)
-    );
-    ensure!(
-        p.clone_of(&Value::from(2)).exists(),
+        p.clone_image(2, "data").exists(),
         "the killed agent left no clone of cycle 2 behind"
     );
-    let check = p.lab.dir().join("check");
-    snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
+    p.snapshot_holds(&r1, "data", &before)?;
 
     // As if it had been killed inside the freeze window, too.
-    sh(&format!("fsfreeze -f '{}'", p.mount()))?;
+    let m = p.mount("data").display().to_string();
+    sh(&format!("fsfreeze -f '{m}'"))?;
     // The restarted agent thaws the volume and redoes cycle 2 from a new point (the clones the
     // killed one left behind are replaced), on snapshot 1.
-    let redone = Agent::start(&p.a, &p.a_config).and_then(|agent| Ok((replicate(&agent)?, agent)));
+    let redone = p.start_agent(Side::Active).and_then(|()| p.replicate_now());
     if redone.is_err() {
         // Never leave the lab a frozen file system to unmount.
-        let _ = sh(&format!("fsfreeze -u '{}'", p.mount()));
+        let _ = sh(&format!("fsfreeze -u '{m}'"));
     }
-    let (r2, _agent_a) = redone?;
+    let r2 = redone?;
     ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
-    p.check_snapshot(&r2)?;
-    snapshot_holds(&p.snapshot(&r2["snapshot"]), &check, p.vol.mount_point())?;
+    check_latest(&p, &r2)?;
     Ok(())
 }
 
@@ -197,15 +164,8 @@ fn a_cycle_interrupted_by_kill_9_of_the_active_agent_is_redone() -> anyhow::Resu
 fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> {
     require_root()?;
     let p = pair("crash-link")?;
-    let (agent_a, agent_b) = start_pair(&p)?;
-    p.write("first", 4)?;
-    let r1 = replicate(&agent_a)?;
-    let before = p.lab.dir().join("before");
-    sh(&format!("cp -a '{}' '{}'", p.mount(), before.display()))?;
-
-    p.write("big", BIG_MIB)?;
-    let cli = replicate_in_background(&agent_a)?;
-    wait_shipped(&agent_a, 50 * MIB)?;
+    let (r1, before) = first_cycle(&p)?;
+    let cli = big_cycle_under_way(&p)?;
     let cut = Instant::now();
     p.a.run("ip", ["link", "set", "eth0", "down"])?;
     let failed = wait_failed(cli, Duration::from_secs(90));
@@ -216,13 +176,8 @@ fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> 
         cut.elapsed().as_secs_f64(),
         error.trim()
     );
-    ensure!(
-        snapshot_ids(&agent_b)? == [1],
-        "{:?}",
-        snapshot_ids(&agent_b)
-    );
-    let check = p.lab.dir().join("check");
-    snapshot_holds(&p.snapshot(&r1["snapshot"]), &check, &before)?;
+    only_the_first_snapshot(&p)?;
+    p.snapshot_holds(&r1, "data", &before)?;
 
     // The DR site may still wait for the cut connection's frames for a while.
     let mut r2 = Value::Null;
@@ -230,7 +185,9 @@ fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> 
         "a cycle after the link is back",
         Duration::from_secs(120),
         || {
-            let (code, out, _) = agent_a.cli_status(&["replicate", "fs1", "--now", "--json"])?;
+            let (code, out, _) = p
+                .agent_a
+                .cli_status(&["replicate", "fs1", "--now", "--json"])?;
             if code == 0 {
                 r2 = serde_json::from_str(&out)?;
             }
@@ -238,8 +195,7 @@ fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> 
         },
     )?;
     ensure!(r2["full"] == false, "{r2}");
-    p.check_snapshot(&r2)?;
-    snapshot_holds(&p.snapshot(&r2["snapshot"]), &check, p.vol.mount_point())?;
+    check_latest(&p, &r2)?;
     Ok(())
 }
 
@@ -247,12 +203,11 @@ fn a_cut_link_fails_the_cycle_and_the_next_one_succeeds() -> anyhow::Result<()> 
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
 fn a_full_copy_whose_commit_answer_was_lost_is_not_shipped_again() -> anyhow::Result<()> {
     require_root()?;
-    let p = pair("crash-ack")?;
-    let (agent_a, agent_b) = start_pair(&p)?;
-    p.write("first", 16)?;
-    let r1 = replicate(&agent_a)?;
+    let mut p = pair("crash-ack")?;
+    write(&p, "first", 16)?;
+    let r1 = p.replicate_now()?;
     ensure!(r1["full"] == true && r1["cycle"] == 1, "{r1}");
-    agent_a.stop()?;
+    p.stop_agent(Side::Active)?;
     // The active site's store as a kill -9 between the DR site's commit and its answer leaves
     // it (that moment is too short to hit with a kill): the full copy still pending, with the
     // point the DR site recorded.
@@ -264,7 +219,7 @@ fn a_full_copy_whose_commit_answer_was_lost_is_not_shipped_again() -> anyhow::Re
         .trim()
         .parse()
         .context("the DR site recorded no point")?;
-    let clone = p.clone_of(&Value::from(1));
+    let clone = p.clone_image(1, "data");
     sh(&format!(
         "sqlite3 '{}' \"UPDATE source_cycle SET last_acked = NULL, initial_done = 0, clone = 'null', \
          pending = json_object('cycle', 1, 'point', {point}, 'clones', json_array('{}'), 'taken_unix', 0) \
@@ -273,8 +228,8 @@ fn a_full_copy_whose_commit_answer_was_lost_is_not_shipped_again() -> anyhow::Re
         clone.display()
     ))?;
 
-    let agent_a = Agent::start(&p.a, &p.a_config)?;
-    let r = replicate(&agent_a)?;
+    p.start_agent(Side::Active)?;
+    let r = p.replicate_now()?;
     ensure!(
         r["cycle"] == 1 && r["snapshot"] == 1 && r["full"] == true,
         "{r}"
@@ -284,17 +239,13 @@ fn a_full_copy_whose_commit_answer_was_lost_is_not_shipped_again() -> anyhow::Re
         "the copy was shipped again: {r}"
     );
     ensure!(
-        agent_b.log_text().contains("cycle_already_committed"),
+        p.agent_b.log_text().contains("cycle_already_committed"),
         "{}",
-        agent_b.log_text()
+        p.agent_b.log_text()
     );
-    ensure!(
-        snapshot_ids(&agent_b)? == [1],
-        "{:?}",
-        snapshot_ids(&agent_b)
-    );
-    p.write("after", 4)?;
-    let r2 = replicate(&agent_a)?;
+    only_the_first_snapshot(&p)?;
+    write(&p, "after", 4)?;
+    let r2 = p.replicate_now()?;
     ensure!(r2["full"] == false && r2["cycle"] == 2, "{r2}");
     p.check_snapshot(&r2)?;
     Ok(())

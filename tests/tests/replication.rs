@@ -2,18 +2,17 @@
 //! and mounts its VFS's volumes, clones them in a group freeze and ships the changed blocks over
 //! the peer link; the DR site commits a snapshot whose file systems hold exactly what the active
 //! ones held, and its reserved mount point (under its own mount root) follows the latest one.
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use vfsdr_lab::{
-    Lab,
-    agent::{Agent, make_certs, mount_root, resources, write_config_with_peers},
-    check::{sh, wait_for},
+    MIB,
+    agent::Agent,
+    check::{same_tree, sh, wait_for},
+    pair::{Pair, PairOptions, Side},
     require_root,
 };
-
-const MIB: u64 = 1 << 20;
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -79,107 +78,33 @@ fn per_vfs_status(s: &Value, last: &Value, asked: u64, answered: u64) -> anyhow:
     Ok(())
 }
 
-/// Mounts a snapshot image read-only (a clone of a frozen XFS: `nouuid,norecovery`), runs `f`
-/// on the mount point, unmounts.
-fn with_snapshot<T>(
-    image: &Path,
-    at: &Path,
-    f: impl FnOnce(&Path) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    std::fs::create_dir_all(at)?;
-    sh(&format!(
-        "mount -o ro,nouuid,norecovery,loop '{}' '{}'",
-        image.display(),
-        at.display()
-    ))?;
-    let r = f(at);
-    sh(&format!("umount '{}'", at.display()))?;
-    r
-}
-
-fn same_tree(a: &Path, b: &Path) -> anyhow::Result<()> {
-    let out = Command::new("diff")
-        .arg("-r")
-        .arg("--no-dereference")
-        .arg(a)
-        .arg(b)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "trees differ:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Ok(())
-}
-
 #[test]
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
 fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Result<()> {
     require_root()?;
-    let lab = Lab::new("repl-files")?;
-    let a = lab.add_site("site-a")?;
-    let b = lab.add_site("site-b")?;
-    let certs = lab.dir().join("certs");
-    std::fs::create_dir_all(&certs)?;
-    make_certs(&certs, &["site-a", "site-b"])?;
     // Each site mounts VFS volumes under its own mount root: the volume of fs1 (mount left
-    // out: `fs1/data`) at the active site, its reserved read-only mount at the DR site.
-    let (a_root, b_root) = (mount_root(&a)?, mount_root(&b)?);
-    let mount = a_root.path().join("fs1/data");
-    let dr_mount = b_root.path().join("fs1/data");
-
-    let vfs = format!(
-        "{}vfs:\n  - name: fs1\n    volumes:\n      - {{name: data, size: 512MiB}}\n    \
-         interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    smb:\n      netbios_name: FS1\n    \
-         replication:\n      peer: site-b\n      interval: 1h\n",
-        resources(&a, a_root.path(), "")
-    );
-    let a_config = write_config_with_peers(&a, &certs, &[&b], &vfs)?;
-    let b_config = write_config_with_peers(
-        &b,
-        &certs,
-        &[&a],
-        &resources(
-            &b,
-            b_root.path(),
-            "  links:\n    - {name: eth0, networks: [lan]}\n",
-        ),
-    )?;
-    let agent_b = Agent::start(&b, &b_config)?;
-    // The active site's agent creates, formats and mounts the volume itself.
-    let agent_a = Agent::start(&a, &a_config)?;
-    ensure!(
-        agent_a.status()?["vfs_volumes"][0]["ready"] == true,
-        "{}",
-        agent_a.log_text()
-    );
-    wait_for("the definition at site-b", Duration::from_secs(30), || {
-        Ok(agent_b.cli(["vfs"])?.contains("fs1"))
-    })?;
+    // out: `fs1/data`) at the active site, which the agent creates, formats and mounts itself
+    // (the pair checks it is ready), its reserved read-only mount at the DR site.
+    let mut options = PairOptions::new("repl-files", "fs1", &[("data", 512 * MIB)]);
+    options.agent_volumes = true;
+    options.dr_resources = vec!["links: [{name: eth0, networks: [lan]}]".to_string()];
+    let mut p = Pair::start(options)?;
+    let (mount, dr_mount) = (p.mount("data"), p.dr_mount("data")?);
 
     let m = mount.display().to_string();
     sh(&format!(
         "mkdir -p '{m}/dir'; dd if=/dev/urandom of='{m}/big' bs=1M count=20 status=none; \
          for i in $(seq 1 200); do echo file $i > '{m}/dir/f'$i; done; sync"
     ))?;
-    let replicate = |expect_full: bool| -> anyhow::Result<Value> {
-        let out = agent_a.cli(["replicate", "fs1", "--now", "--json"])?;
-        let r: Value = serde_json::from_str(&out)?;
+    let replicate = |p: &Pair, expect_full: bool| -> anyhow::Result<Value> {
+        let r = p.replicate_now()?;
         ensure!(r["full"] == expect_full, "{r}");
         Ok(r)
     };
-    let r1 = replicate(true)?;
-    let snap = |id: &Value| {
-        b.pool()
-            .mount_point()
-            .join(format!("snapshots/fs1/{id}/data.img"))
-    };
-    let check_at = lab.dir().join("check");
-    with_snapshot(&snap(&r1["snapshot"]), &check_at, |at| {
-        same_tree(&mount, at)
-    })?;
+    let r1 = replicate(&p, true)?;
+    p.snapshot_holds(&r1, "data", &mount)?;
     // The DR site reserves its resources: its mount point holds the latest snapshot.
-    agent_a.cli(["reserve", "fs1"])?;
+    p.agent_a.cli(["reserve", "fs1"])?;
     same_tree(&mount, &dr_mount)?;
 
     // Changes: overwrite in place, new files, a delete; only they travel.
@@ -201,11 +126,14 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         Ok(v["changed_bytes"].as_u64().unwrap_or(0))
     };
     ensure!(
-        at_risk(&agent_a)? >= 40 * 1024,
+        at_risk(&p.agent_a)? >= 40 * 1024,
         "the overwrite is not at risk"
     );
-    let r2 = replicate(false)?;
-    ensure!(at_risk(&agent_a)? < MIB, "the cycle did not take the mark");
+    let r2 = replicate(&p, false)?;
+    ensure!(
+        at_risk(&p.agent_a)? < MIB,
+        "the cycle did not take the mark"
+    );
     ensure!(
         r2["cycle"].as_u64() == r1["cycle"].as_u64().map(|c| c + 1),
         "{r1} then {r2}"
@@ -214,9 +142,7 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         r2["changed_bytes"].as_u64().unwrap_or(u64::MAX) < 8 * MIB,
         "an incremental cycle shipped too much: {r2}"
     );
-    with_snapshot(&snap(&r2["snapshot"]), &check_at, |at| {
-        same_tree(&mount, at)
-    })?;
+    p.snapshot_holds(&r2, "data", &mount)?;
     // After the cycle the DR reserved mount switched to the new snapshot: the new file is there.
     wait_for(
         "the DR mount to show the second snapshot",
@@ -226,8 +152,8 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     same_tree(&mount, &dr_mount)?;
     // The first snapshot still holds the first state; `vfsdr snapshot mount` shows it.
     let id = r1["snapshot"].to_string();
-    let browse = lab.dir().join("browse");
-    agent_b.cli([
+    let browse = p.lab.dir().join("browse");
+    p.agent_b.cli([
         "snapshot",
         "mount",
         "fs1",
@@ -242,16 +168,16 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
     ))?;
     ensure!(found, "snapshot 1 does not hold the first state");
     let asked = unix_ms();
-    let status: Value = serde_json::from_str(&agent_a.cli(["status", "--json"])?)?;
+    let status: Value = serde_json::from_str(&p.agent_a.cli(["status", "--json"])?)?;
     let answered = unix_ms();
     ensure!(status["replication"][0]["cycle"] == r2["cycle"], "{status}");
     per_vfs_status(&status["replication_status"][0], &r2, asked, answered)?;
-    let human = agent_a.cli(["status"])?;
+    let human = p.agent_a.cli(["status"])?;
     ensure!(
         human.contains("replication of fs1 to site-b: idle") && human.contains("RPO lag "),
         "{human}"
     );
-    let log = agent_a.log_text();
+    let log = p.agent_a.log_text();
     ensure!(
         [
             "cycle_done",
@@ -265,34 +191,28 @@ fn files_written_at_the_active_site_appear_in_the_dr_snapshots() -> anyhow::Resu
         "the cycle_done event lacks fields: {log}"
     );
     ensure!(
-        agent_b.log_text().contains("cycle_committed"),
+        p.agent_b.log_text().contains("cycle_committed"),
         "{}",
-        agent_b.log_text()
+        p.agent_b.log_text()
     );
-    let listed: Value = serde_json::from_str(&agent_b.cli(["snapshots", "fs1", "--json"])?)?;
-    let ids: Vec<u64> = listed
-        .as_array()
-        .context("list")?
-        .iter()
-        .filter_map(|s| s["id"].as_u64())
-        .collect();
+    let ids = p.snapshots()?;
     ensure!(
         ids == [
             r1["snapshot"].as_u64().unwrap_or(0),
             r2["snapshot"].as_u64().unwrap_or(0)
         ],
-        "{listed}"
+        "{ids:?}"
     );
     // Nothing changed: an empty cycle still commits a snapshot.
-    let r3 = replicate(false)?;
+    let r3 = replicate(&p, false)?;
     ensure!(
         r3["changed_bytes"].as_u64().unwrap_or(u64::MAX) < MIB,
         "{r3}"
     );
     // After a restart the status still has the point, from the store, to the millisecond.
-    agent_a.stop()?;
-    let agent_a = Agent::start(&a, &a_config)?;
-    let s = &agent_a.status()?["replication_status"][0];
+    p.stop_agent(Side::Active)?;
+    p.start_agent(Side::Active)?;
+    let s = &p.status_a()?["replication_status"][0];
     ensure!(
         s["state"] == "idle"
             && s["last_point"]["cycle"] == r3["cycle"]

@@ -3,112 +3,30 @@
 //! snapshot with the clones it was made from (and finds a block the test corrupts); every block
 //! FIEMAP found changed was seen by the eBPF tracker; a DR pool without room pauses replication
 //! with one alert, loses nothing, and resumes once there is room.
-use std::{
-    os::unix::fs::FileExt as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{os::unix::fs::FileExt as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use vfsdr_lab::{
-    Lab, Site, Volume,
-    agent::{Agent, make_certs, write_config_with_peers},
+    MIB,
     check::{sh, wait_for},
+    pair::{Pair, PairOptions, number},
     require_root,
 };
 
-const MIB: u64 = 1 << 20;
-
-/// Two sites, VFS fs1 (one 512 MiB volume `data`) active at site-a, DR at site-b. Fields drop
-/// in order: agents first, the lab last.
-struct Pair {
-    a_agent: Agent,
-    b_agent: Agent,
-    vol: Volume,
-    b: Site,
-    _a: Site,
-    _lab: Lab,
+/// Two sites, VFS fs1 (one 512 MiB volume `data`) active at site-a, DR at site-b, with
+/// `dr_pool` lines under the DR site's `resources.pool:` and `replication` lines under fs1's
+/// `replication:`.
+fn pair(name: &str, dr_pool: &[&str], replication: &[&str]) -> anyhow::Result<Pair> {
+    let mut options = PairOptions::new(name, "fs1", &[("data", 512 * MIB)]);
+    options.dr_pool = dr_pool.iter().map(|l| l.to_string()).collect();
+    options.replication = replication.iter().map(|l| l.to_string()).collect();
+    Pair::start(options)
 }
 
-fn pair(name: &str, b_pool_extra: &str) -> anyhow::Result<Pair> {
-    pair_with(name, b_pool_extra, "")
-}
-
-/// [`pair`], with more `replication:` fields for fs1 (indented by 6).
-fn pair_with(name: &str, b_pool_extra: &str, a_replication_extra: &str) -> anyhow::Result<Pair> {
-    let lab = Lab::new(name)?;
-    let a = lab.add_site("site-a")?;
-    let b = lab.add_site("site-b")?;
-    let certs = lab.dir().join("certs");
-    std::fs::create_dir_all(&certs)?;
-    make_certs(&certs, &["site-a", "site-b"])?;
-    let mount = lab.dir().join("vfs-mnt/fs1/data");
-    let image = a.pool().mount_point().join("volumes/fs1/data.img");
-    std::fs::create_dir_all(image.parent().context("dir")?)?;
-    std::fs::create_dir_all(mount.parent().context("dir")?)?;
-    let vol = Volume::create(&image, &mount, 512 * MIB)?;
-    let vfs = format!(
-        "resources:\n  pool:\n    path: {}\nvfs:\n  - name: fs1\n    volumes:\n      - {{name: data, size: 512MiB, mount: {}}}\n    \
-         interfaces:\n      - {{name: smb0, address: 198.18.0.100/24, network: lan}}\n    smb:\n      netbios_name: FS1\n    \
-         replication:\n      peer: site-b\n      interval: 1h\n{a_replication_extra}",
-        a.pool().mount_point().display(),
-        mount.display()
-    );
-    let a_config = write_config_with_peers(&a, &certs, &[&b], &vfs)?;
-    let b_config = write_config_with_peers(
-        &b,
-        &certs,
-        &[&a],
-        &format!(
-            "resources:\n  pool:\n    path: {}\n{b_pool_extra}",
-            b.pool().mount_point().display()
-        ),
-    )?;
-    let b_agent = Agent::start(&b, &b_config)?;
-    let a_agent = Agent::start(&a, &a_config)?;
-    wait_for("the definition at site-b", Duration::from_secs(30), || {
-        Ok(b_agent.cli(["vfs"])?.contains("fs1"))
-    })?;
-    Ok(Pair {
-        a_agent,
-        b_agent,
-        vol,
-        b,
-        _a: a,
-        _lab: lab,
-    })
-}
-
-impl Pair {
-    fn mnt(&self) -> String {
-        self.vol.mount_point().display().to_string()
-    }
-
-    /// `vfsdr replicate fs1 --now --json`.
-    fn replicate(&self) -> anyhow::Result<Value> {
-        Ok(serde_json::from_str(&self.a_agent.cli([
-            "replicate",
-            "fs1",
-            "--now",
-            "--json",
-        ])?)?)
-    }
-
-    /// `vfsdr verify fs1 --json`: exit code and report.
-    fn verify(&self) -> anyhow::Result<(i32, Value)> {
-        let (code, out, err) = self.a_agent.cli_status(&["verify", "fs1", "--json"])?;
-        let report = serde_json::from_str(&out)
-            .with_context(|| format!("verify exited {code}: {out}{err}"))?;
-        Ok((code, report))
-    }
-
-    fn snapshot_image(&self, id: &Value) -> PathBuf {
-        self.b
-            .pool()
-            .mount_point()
-            .join(format!("snapshots/fs1/{id}/data.img"))
-    }
+/// The mount point of `data` at the active site, as text for shell steps.
+fn mnt(p: &Pair) -> String {
+    p.mount("data").display().to_string()
 }
 
 /// The tracker-gap check of volume `data` in a cycle report.
@@ -135,13 +53,13 @@ fn data_at(file: &Path, from: u64) -> anyhow::Result<u64> {
 fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
 -> anyhow::Result<()> {
     require_root()?;
-    let p = pair("verify-corrupt", "")?;
-    let m = p.mnt();
+    let p = pair("verify-corrupt", &[], &[])?;
+    let m = mnt(&p);
     sh(&format!(
         "mkdir -p '{m}/dir'; dd if=/dev/urandom of='{m}/big' bs=1M count=24 status=none; \
          for i in $(seq 1 100); do echo file $i > '{m}/dir/f'$i; done; sync"
     ))?;
-    let r1 = p.replicate()?;
+    let r1 = p.replicate_now()?;
     ensure!(r1["full"] == true, "{r1}");
     let first = tracker_check(&r1)?;
     ensure!(first["result"] == "not_checked", "{first}");
@@ -155,7 +73,7 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
             100 + round * 500,
             round + 3
         ))?;
-        let r = p.replicate()?;
+        let r = p.replicate_now()?;
         let check = tracker_check(&r)?;
         ensure!(
             check["result"] == "ok",
@@ -171,12 +89,12 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
             r["cycle"], check["changed_blocks"], check["extra_blocks"]
         );
     }
-    let status = p.a_agent.status()?;
+    let status = p.agent_a.status()?;
     ensure!(
         status["replication"][0]["tracker_check"][0]["check"]["result"] == "ok",
         "{status}"
     );
-    let log = p.a_agent.log_text();
+    let log = p.agent_a.log_text();
     ensure!(
         !log.contains("not seen by the eBPF tracker") && log.contains("tracker_gaps=0"),
         "{log}"
@@ -187,11 +105,11 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
     let direct = 500 * MIB;
     let img = std::fs::OpenOptions::new()
         .write(true)
-        .open(p.vol.image())?;
+        .open(p.volumes[0].image())?;
     img.write_all_at(&[0x5a; 4096], direct)?;
     img.sync_all()?;
     drop(img);
-    let r = p.replicate()?;
+    let r = p.replicate_now()?;
     let check = tracker_check(&r)?;
     ensure!(
         check["result"] == "gap"
@@ -199,7 +117,7 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
             && check["first_missing"][0]["offset"].as_u64() == Some(direct),
         "a write the tracker could not see must be a gap: {check}"
     );
-    let log = p.a_agent.log_text();
+    let log = p.agent_a.log_text();
     ensure!(
         log.contains("tracker_gap") && log.contains("not seen by the eBPF tracker"),
         "{log}"
@@ -225,7 +143,7 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
     ensure!(report["snapshot"] == cycle, "{report}");
 
     // One byte of one block of the DR snapshot image changes behind the agents' back.
-    let image = p.snapshot_image(&report["snapshot"]);
+    let image = p.snapshot_image(number(&report, "snapshot")?, "data");
     let at = data_at(&image, 64 * MIB)? + 3 * 4096 + 100;
     let f = std::fs::OpenOptions::new().write(true).open(&image)?;
     let mut byte = [0u8; 1];
@@ -247,7 +165,7 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
         "the mismatch must be located at the corrupted block {}: {report}",
         at / 4096 * 4096
     );
-    let (code, text, _) = p.a_agent.cli_status(&["verify", "fs1"])?;
+    let (code, text, _) = p.agent_a.cli_status(&["verify", "fs1"])?;
     ensure!(
         code == 4
             && text.contains("data")
@@ -256,6 +174,15 @@ fn cycles_are_tracked_without_gaps_and_verify_finds_a_corrupted_snapshot_block()
         "{text}"
     );
     println!("{text}");
+    Ok(())
+}
+
+/// Replication resumed (the active site logged it) with cycle report `r`, and `vfsdr verify`
+/// passes on its snapshot.
+fn resumed_and_verified(p: &Pair, r: &Value) -> anyhow::Result<()> {
+    ensure!(p.agent_a.log_text().contains("replication_resumed"));
+    let (code, report) = p.verify()?;
+    ensure!(code == 0 && report["snapshot"] == r["snapshot"], "{report}");
     Ok(())
 }
 
@@ -272,12 +199,12 @@ fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
 #[ignore = "root: builds lab namespaces, loop devices and mounts, runs agents"]
 fn a_full_dr_pool_pauses_replication_with_one_alert_and_loses_nothing() -> anyhow::Result<()> {
     require_root()?;
-    let p = pair("verify-poolfull", "    reserve: 16MiB\n")?;
-    let m = p.mnt();
+    let p = pair("verify-poolfull", &["reserve: 16MiB"], &[])?;
+    let m = mnt(&p);
     sh(&format!(
         "dd if=/dev/urandom of='{m}/first' bs=1M count=8 status=none; sync"
     ))?;
-    let r1 = p.replicate()?;
+    let r1 = p.replicate_now()?;
     // The DR pool fills up: 40 MiB left, 16 of them reserved.
     let pool = p.b.pool().mount_point().to_owned();
     let ballast = pool.join("ballast");
@@ -291,11 +218,11 @@ fn a_full_dr_pool_pauses_replication_with_one_alert_and_loses_nothing() -> anyho
         "dd if=/dev/urandom of='{m}/second' bs=1M count=64 status=none; sync"
     ))?;
     for attempt in 0..2 {
-        let (code, _, err) = p.a_agent.cli_status(&["replicate", "fs1", "--now"])?;
+        let (code, _, err) = p.agent_a.cli_status(&["replicate", "fs1", "--now"])?;
         ensure!(code != 0, "attempt {attempt}: the cycle must be refused");
         ensure!(err.contains("no room"), "attempt {attempt}: {err}");
     }
-    let status = p.a_agent.status()?;
+    let status = p.agent_a.status()?;
     let paused = &status["paused"][0];
     ensure!(
         paused["vfs"] == "fs1" && paused["site"] == "site-b" && paused["refused_cycles"] == 2,
@@ -306,7 +233,7 @@ fn a_full_dr_pool_pauses_replication_with_one_alert_and_loses_nothing() -> anyho
         needs >= 64 * MIB && paused["free"].as_u64().unwrap_or(u64::MAX) < 25 * MIB,
         "{status}"
     );
-    let (_, text, _) = p.a_agent.cli_status(&["status"])?;
+    let (_, text, _) = p.agent_a.cli_status(&["status"])?;
     ensure!(
         text.contains("replication paused: DR pool full at site-b (needs"),
         "{text}"
@@ -318,39 +245,30 @@ fn a_full_dr_pool_pauses_replication_with_one_alert_and_loses_nothing() -> anyho
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let log = p.a_agent.log_text();
+    let log = p.agent_a.log_text();
     ensure!(
         log.matches("replication_paused").count() == 1,
         "one alert, not one per retry:\n{log}"
     );
     // Nothing lost: the DR site's latest snapshot is still the first, and it matches its clones.
-    let listed: Value = serde_json::from_str(&p.b_agent.cli(["snapshots", "fs1", "--json"])?)?;
-    ensure!(
-        listed.as_array().map(|a| a.len()) == Some(1) && listed[0]["id"] == r1["snapshot"],
-        "{listed}"
-    );
+    let ids = p.snapshots()?;
+    ensure!(ids == [number(&r1, "snapshot")?], "{ids:?}");
     let (code, report) = p.verify()?;
     ensure!(code == 0, "the DR snapshot must be intact: {report}");
 
     std::fs::remove_file(&ballast)?;
-    let r2 = p.replicate()?;
+    let r2 = p.replicate_now()?;
     ensure!(r2["full"] == false, "{r2}");
     ensure!(
         r2["changed_bytes"].as_u64().unwrap_or(0) >= 64 * MIB,
         "{r2}"
     );
     ensure!(
-        p.a_agent.status()?["paused"]
+        p.agent_a.status()?["paused"]
             .as_array()
             .is_some_and(|a| a.is_empty())
     );
-    ensure!(p.a_agent.log_text().contains("replication_resumed"));
-    let (code, report) = p.verify()?;
-    ensure!(
-        code == 0 && report["snapshot"] == r2["snapshot"],
-        "{report}"
-    );
-    Ok(())
+    resumed_and_verified(&p, &r2)
 }
 
 #[test]
@@ -358,23 +276,18 @@ fn a_full_dr_pool_pauses_replication_with_one_alert_and_loses_nothing() -> anyho
 fn enospc_while_applying_restores_the_replicas_and_pauses() -> anyhow::Result<()> {
     require_root()?;
     // 40 MiB/s: a 160 MiB change takes seconds to arrive, so the pool fills up mid-cycle.
-    let p = pair_with("verify-enospc", "", "      bandwidth_limit: 40MiB/s\n")?;
-    let m = p.mnt();
+    let p = pair("verify-enospc", &[], &["bandwidth_limit: 40MiB/s"])?;
+    let m = mnt(&p);
     sh(&format!(
         "dd if=/dev/urandom of='{m}/first' bs=1M count=8 status=none; sync"
     ))?;
-    let r1 = p.replicate()?;
+    let r1 = p.replicate_now()?;
     sh(&format!(
         "dd if=/dev/urandom of='{m}/second' bs=1M count=160 status=none; sync"
     ))?;
     let pool = p.b.pool().mount_point().to_owned();
     let before = free_bytes(&pool)?;
-    let cycle = std::process::Command::new(vfsdr_lab::agent::vfsdr_bin()?)
-        .args(["replicate", "fs1", "--now", "--socket"])
-        .arg(p.a_agent.socket())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+    let cycle = p.agent_a.spawn_cli(&["replicate", "fs1", "--now"])?;
     // Once the DR site has written 20 MiB of the cycle, its pool fills up (2 MiB left).
     let applying = wait_for(
         "the DR site applying the cycle",
@@ -394,40 +307,30 @@ fn enospc_while_applying_restores_the_replicas_and_pauses() -> anyhow::Result<()
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains("no room"), "{err}");
     ensure!(
-        p.b_agent
+        p.agent_b
             .log_text()
             .contains("ran out of space while applying"),
         "{}",
-        p.b_agent.log_text()
+        p.agent_b.log_text()
     );
-    ensure!(p.a_agent.status()?["paused"][0]["vfs"] == "fs1");
+    ensure!(p.agent_a.status()?["paused"][0]["vfs"] == "fs1");
     // The DR site's latest snapshot is the first one, intact, and the replica is back at it.
-    let listed: Value = serde_json::from_str(&p.b_agent.cli(["snapshots", "fs1", "--json"])?)?;
-    ensure!(
-        listed.as_array().map(|a| a.len()) == Some(1) && listed[0]["id"] == r1["snapshot"],
-        "{listed}"
-    );
+    let ids = p.snapshots()?;
+    ensure!(ids == [number(&r1, "snapshot")?], "{ids:?}");
     let (code, report) = p.verify()?;
     ensure!(code == 0, "the DR snapshot must be intact: {report}");
-    let replica = pool.join("replicas/fs1/data.img");
-    let differing =
-        vfsdr_lab::check::differing_blocks(&replica, &p.snapshot_image(&r1["snapshot"]))?;
+    let snapshot = p.snapshot_image(number(&r1, "snapshot")?, "data");
+    let differing = vfsdr_lab::check::differing_blocks(&p.replica_image("data"), &snapshot)?;
     ensure!(
         differing.is_empty(),
         "the replica differs from the snapshot at {differing:?}"
     );
 
     std::fs::remove_file(&ballast)?;
-    let r2 = p.replicate()?;
+    let r2 = p.replicate_now()?;
     ensure!(
         r2["changed_bytes"].as_u64().unwrap_or(0) >= 160 * MIB,
         "{r2}"
     );
-    ensure!(p.a_agent.log_text().contains("replication_resumed"));
-    let (code, report) = p.verify()?;
-    ensure!(
-        code == 0 && report["snapshot"] == r2["snapshot"],
-        "{report}"
-    );
-    Ok(())
+    resumed_and_verified(&p, &r2)
 }
