@@ -3,6 +3,7 @@
 //! latest snapshot stays intact and the same cycle commits once there is room.
 use std::path::{Path, PathBuf};
 
+use super::fsops::Images as _;
 use super::{
     cycle::take_point,
     fake_fs::Op,
@@ -48,6 +49,36 @@ fn assert_intact(w: &World) {
         Some(first),
         "replica back at snapshot 1"
     );
+}
+
+#[tokio::test]
+async fn a_first_full_copy_counts_the_space_of_the_replicas_it_replaces() {
+    // An abandoned first copy left the whole replica written; no snapshot shares its blocks.
+    let mut w = world();
+    let img = w.vols[0].image.clone();
+    w.src
+        .write_user(&img, 0, &vec![7u8; 3 * MIB as usize])
+        .unwrap();
+    let mut dst = w.dst.clone();
+    dst.create_sparse(&replica(), 16 * MIB).unwrap();
+    dst.write_at(&replica(), 0, &vec![1u8; 16 * MIB as usize])
+        .unwrap();
+    let p1 = take_point(&mut w.src, &w.vols, 1, Path::new("/a/clones")).unwrap();
+    // The sender does not say what it writes: the whole volume counts (16 MiB + margin), 2 MiB
+    // are free: only with the replica's 16 MiB does it fit.
+    w.dst.set_free_space(Some(2 * MIB));
+    assert_eq!(w.cycle("site-a", None, &p1, None).await.0.unwrap(), 1);
+    // With a snapshot sharing the replica's blocks, removing the replica frees nothing.
+    let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
+    match w.cycle("site-a", None, &p2, None).await.0.unwrap_err() {
+        SessionError::PoolFull { full, .. } => {
+            assert_eq!(
+                (full.needs, full.free),
+                (16 * MIB + METADATA_MARGIN, 2 * MIB)
+            )
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[tokio::test]

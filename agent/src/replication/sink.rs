@@ -203,7 +203,14 @@ impl Sink {
             // The replicas hold a dropped snapshot's state.
             self.undo(&b.vfs, &volumes, latest.as_ref())?;
         }
-        self.check_room(b)?;
+        // A full copy from the start replaces the replicas: with no snapshot sharing their
+        // blocks (an abandoned first copy), removing them frees what they hold.
+        let freed = if b.base.is_none() && resume.is_none() && latest.is_none() {
+            self.held_bytes(&volumes)?
+        } else {
+            0
+        };
+        self.check_room(b, freed)?;
         if b.base.is_none() && resume.is_none() {
             // A full copy: start from empty replicas (the snapshots keep the older states).
             for v in &volumes {
@@ -266,13 +273,35 @@ impl Sink {
         }
     }
 
-    /// Refuses `b` when the pool has no room for it (before anything is written).
-    fn check_room(&mut self, b: &Begin) -> Result<(), SinkError> {
-        let (needs, free) = (needed_bytes(b), self.free()?);
+    /// Bytes of data the replicas hold (their holes not counted).
+    fn held_bytes(&mut self, volumes: &[ReplicaVolume]) -> Result<u64, SinkError> {
+        let mut held = 0u64;
+        for v in volumes {
+            if self.images.exists(&v.image) {
+                let ranges = self.images.data_ranges(&v.image)?;
+                held = ranges
+                    .iter()
+                    .fold(held, |sum, &(_, len)| sum.saturating_add(len));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Refuses `b` as [`SinkError::PoolFull`] unless the pool's free bytes beyond its reserve,
+    /// plus `freed` (what the cycle frees before it writes), cover what it needs.
+    fn check_room(&mut self, b: &Begin, freed: u64) -> Result<(), SinkError> {
+        let (needs, free) = (needed_bytes(b), self.free()?.saturating_add(freed));
         if free < needs {
             tracing::warn!(vfs = %b.vfs, event = "pool_full", cycle = b.cycle, needs, free,
                 pool = %self.pool.display(), "no room in the pool for the cycle; refused");
-            return Err(self.pool_full(b));
+            return Err(SinkError::PoolFull {
+                vfs: b.vfs.clone(),
+                full: PoolFull {
+                    pool: self.pool.display().to_string(),
+                    needs,
+                    free,
+                },
+            });
         }
         Ok(())
     }
