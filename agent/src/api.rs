@@ -55,6 +55,13 @@ pub enum Request {
     Snapshots {
         vfs: String,
     },
+    /// Delete snapshots `ids` of `vfs` (standby at this site); the latest only with `force`
+    /// (the next cycle is then a full copy). All or none; answered when done.
+    DeleteSnapshots {
+        vfs: String,
+        ids: Vec<u64>,
+        force: bool,
+    },
     /// Compare the DR site's snapshot of the last acknowledged cycle of `vfs` (active here) with
     /// the clones it was made from; answered when done.
     Verify {
@@ -85,9 +92,21 @@ pub enum Response {
         filesystems: std::collections::BTreeMap<String, String>,
     },
     Verified(crate::replication::verify::VerifyReport),
+    /// Snapshots deleted by `DeleteSnapshots`.
+    SnapshotsDeleted(SnapshotsDeleted),
     Error {
         message: String,
     },
+}
+
+/// What `vfsdr snapshot delete` deleted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotsDeleted {
+    pub vfs: String,
+    /// The snapshots deleted, by id (with any an interrupted removal had left behind).
+    pub ids: Vec<u64>,
+    /// The latest snapshot was among them: the next cycle copies every volume again.
+    pub latest_deleted: bool,
 }
 
 /// A VFS whose replication is paused because its DR site's pool has no room: cycles are

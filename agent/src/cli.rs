@@ -1,6 +1,7 @@
 //! The `vfsdr` command line: the daemon (`agent`) and the operator commands.
 mod show;
 mod show_replication;
+mod snapshot_delete;
 mod verify;
 mod vfs;
 
@@ -122,7 +123,7 @@ enum Command {
         #[command(flatten)]
         target: AgentTarget,
     },
-    /// Mount or unmount a snapshot read-only, for browsing and single-file restore.
+    /// Mount or unmount a snapshot read-only (browsing, single-file restore), or delete snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
     /// List the snapshots of VFS kept at this (DR) site.
@@ -157,6 +158,21 @@ enum SnapshotCommand {
     },
     /// Unmount what `snapshot mount` mounted at DIR.
     Umount { dir: PathBuf },
+    /// Delete snapshots of VFS at this (DR) site, all or none: refused for a snapshot that is
+    /// mounted (a loop device holds its image) or while a cycle of VFS is being received.
+    Delete {
+        vfs: String,
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<u64>,
+        /// Delete the latest snapshot too: the next cycle then copies every volume again (a
+        /// full resync).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +318,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
         }) => vfs::mount_snapshot(&target.socket()?, vfs, id, &dir),
         Command::Snapshot(SnapshotCommand::Umount { dir }) => vfs::umount_snapshot(&dir),
+        Command::Snapshot(SnapshotCommand::Delete {
+            vfs,
+            ids,
+            force,
+            json,
+            target,
+        }) => snapshot_delete::delete(&target.socket()?, vfs, ids, force, json),
         Command::Replicate {
             vfs,
             now: _,

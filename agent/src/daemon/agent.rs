@@ -76,6 +76,8 @@ pub enum Handled {
     },
     /// Run a replication cycle of this VFS, active here.
     Cycle(crate::config::VfsDef),
+    /// Delete snapshots of a VFS standby here (checked; the files are removed off the loop).
+    Delete(super::snapshot_delete::Deletion),
 }
 
 /// What a reload changed.

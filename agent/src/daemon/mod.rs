@@ -2,11 +2,13 @@
 //! the kernel on a timer and on wakeups. SIGTERM/SIGINT detach everything and exit; SIGHUP
 //! reloads the configuration or keeps the old one and says why.
 mod agent;
+mod busy;
 mod cycles;
 mod gap;
 mod pause;
 mod replicate;
 mod report;
+mod snapshot_delete;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -236,6 +238,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 Handled::Now(response) => { let _ = reply.send(response); }
                 Handled::Forward { peer, message } => forward(link.as_ref(), &peer, message, reply),
                 Handled::Cycle(def) => cycles.start(&mut agent, link.as_ref(), def, Some(reply), &done_tx),
+                Handled::Delete(deletion) => snapshot_delete::spawn(site.clone(), deletion, reply),
               },
             },
             Some(conn) = data_rx.recv() => replicate::accept(conn, agent.config(), committed_tx.clone()),

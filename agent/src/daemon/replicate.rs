@@ -25,27 +25,14 @@ use crate::{
     state::Store,
 };
 
-use super::report::{CyclePhases, CycleReport, unix_ms_now};
+use super::{
+    busy::{Activity, Claim},
+    report::{CyclePhases, CycleReport, unix_ms_now},
+};
 
 /// Where a VFS volume's image lives in the active site's pool.
 pub fn volume_image(pool: &Path, vfs: &str, volume: &str) -> PathBuf {
     pool.join("volumes").join(vfs).join(format!("{volume}.img"))
-}
-
-/// The VFSs whose cycle is being received at this (DR) site.
-static RECEIVING: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Removes its VFS from [`RECEIVING`] when the receiving task ends, however it ends.
-struct Receiving(String);
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        RECEIVING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
-    }
 }
 
 /// DR site: takes a data connection's cycle into the replicas and the catalog.
@@ -68,19 +55,16 @@ pub fn accept(
         .pool
         .as_ref()
         .map_or(0, |p| p.reserve_bytes);
-    // One cycle per VFS at a time: a second connection (a sender that restarted while its old
-    // connection lingers) must not undo the cycle in flight.
-    if !RECEIVING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(conn.vfs.clone())
-    {
-        tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
-            "a cycle of this VFS is already being received; connection dropped");
-        return;
-    }
+    // One cycle per VFS at a time, and none while snapshots of it are deleted (`busy`).
+    let done = match Claim::take(&conn.vfs, Activity::Receiving) {
+        Ok(c) => c,
+        Err(holder) => {
+            tracing::error!(site = %site, vfs = %conn.vfs, peer = %conn.from, event = "cycle_refused",
+                reason = %holder, "the VFS is busy ({holder}); connection dropped");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let _done = Receiving(conn.vfs.clone());
         let store = match Store::open(&state_dir) {
             Ok(s) => s,
             Err(e) => {
@@ -107,7 +91,7 @@ pub fn accept(
                 duration_ms = started.elapsed().as_millis() as u64, "snapshot committed");
                 // The sender has its answer: the next cycle of this VFS may come in while the
                 // snapshots the grid no longer keeps are removed.
-                drop(_done);
+                drop(done);
                 let vfs = s.vfs.clone();
                 let pruned = tokio::task::spawn_blocking(move || sink.prune(&vfs)).await;
                 if let Ok(Err(e)) = pruned {

@@ -82,6 +82,7 @@ fn now(h: Handled) -> Response {
         Handled::Now(r) => r,
         Handled::Forward { peer, .. } => panic!("forwarded to {peer}"),
         Handled::Cycle(def) => panic!("cycle of {}", def.name),
+        Handled::Delete(d) => panic!("deletion of {:?} of {}", d.ids, d.vfs),
     }
 }
 

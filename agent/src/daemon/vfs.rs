@@ -97,6 +97,9 @@ impl Agent {
             }
             Request::Release { vfs } => (vfs.clone(), Message::Release { vfs }),
             Request::Snapshots { vfs } => return Handled::Now(self.snapshots(&vfs)),
+            Request::DeleteSnapshots { vfs, ids, force } => {
+                return self.delete_snapshots(&vfs, &ids, force);
+            }
             Request::Replicate { vfs } => {
                 return match self.local_definition(&vfs) {
                     Some(def) => Handled::Cycle(def.clone()),

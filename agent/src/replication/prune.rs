@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::sink::{Sink, SinkError, snapshot_dir};
+use crate::state::SnapshotState;
 
 /// The lock of `vfs`'s snapshot removals.
 fn lock_of(vfs: &str) -> Arc<Mutex<()>> {
@@ -61,6 +62,28 @@ impl Sink {
     pub(super) fn remove_now(&mut self, vfs: &str, ids: &[u64]) -> Result<Vec<u64>, SinkError> {
         let lock = lock_of(vfs);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.mark_pruning(vfs, ids)?;
+        self.remove_marked(vfs)
+    }
+
+    /// Deletes snapshots `ids` of `vfs` for an operator, after any prune of it that is running:
+    /// each must still be committed then (a prune may have removed one since the request was
+    /// checked), or none is deleted ([`SinkError::Refused`]). Returns the ids removed, with any
+    /// an interrupted removal had left marked.
+    pub fn delete(&mut self, vfs: &str, ids: &[u64]) -> Result<Vec<u64>, SinkError> {
+        let lock = lock_of(vfs);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        for &id in ids {
+            let committed = self.store.snapshot(vfs, id)?;
+            if committed.is_none_or(|s| s.state != SnapshotState::Committed) {
+                return Err(SinkError::Refused {
+                    vfs: vfs.to_owned(),
+                    what: format!(
+                        "snapshot {id} is no longer a committed snapshot (pruned meanwhile?); nothing deleted"
+                    ),
+                });
+            }
+        }
         self.store.mark_pruning(vfs, ids)?;
         self.remove_marked(vfs)
     }
