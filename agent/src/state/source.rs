@@ -32,6 +32,30 @@ pub struct SourceState {
     pub paused: Value,
 }
 
+/// The JSON columns of `source_cycle` set on their own.
+#[derive(Clone, Copy)]
+enum SourceJson {
+    Pending,
+    Paused,
+}
+
+impl SourceJson {
+    /// The column, and what it holds (for messages).
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            SourceJson::Pending => ("pending", "pending point"),
+            SourceJson::Paused => ("paused", "replication pause"),
+        }
+    }
+
+    fn of(self, s: &SourceState) -> &Value {
+        match self {
+            SourceJson::Pending => &s.pending,
+            SourceJson::Paused => &s.paused,
+        }
+    }
+}
+
 fn load_source(db: &Db<'_>, vfs: &str) -> Result<Option<SourceState>, StateError> {
     let sql = "SELECT last_acked, clone, initial_done, updated_unix, pending, paused
                FROM source_cycle WHERE vfs = ?1";
@@ -165,45 +189,41 @@ impl Store {
     /// none), so a restarted agent resumes it from the same clones; an acknowledged cycle
     /// clears it ([`Store::source_acked`]). The same value again is `Unchanged`.
     pub fn source_pending(&mut self, vfs: &str, pending: &Value) -> Result<Change, StateError> {
-        let json = encode(vfs, "pending point", pending)?;
-        let op = || format!("record the pending point of VFS {vfs}");
-        self.write(&op, |db| {
-            require_vfs(db, vfs)?;
-            let stored = load_source(db, vfs)?;
-            if stored.as_ref().is_some_and(|s| &s.pending == pending) {
-                return Ok(Change::Unchanged);
-            }
-            exec(
-                db,
-                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix, pending)
-                 VALUES (?1, NULL, 'null', 0, ?2, ?3)
-                 ON CONFLICT (vfs) DO UPDATE SET pending = excluded.pending,
-                     updated_unix = excluded.updated_unix",
-                params![vfs, time_to_db(now_unix()), json],
-            )?;
-            Ok(stored.map_or(Change::Created, |_| Change::Updated))
-        })
+        self.set_source_json(vfs, SourceJson::Pending, pending)
     }
 
     /// Active site: records the pause of `vfs`'s replication (`null`: not paused), so a
     /// restarted agent keeps it. The same value again is `Unchanged`.
     pub fn source_paused(&mut self, vfs: &str, paused: &Value) -> Result<Change, StateError> {
-        let json = encode(vfs, "pause", paused)?;
-        let op = || format!("record the replication pause of VFS {vfs}");
+        self.set_source_json(vfs, SourceJson::Paused, paused)
+    }
+
+    /// Sets one JSON column of `vfs`'s row (made if missing; `null` with no row is `Unchanged`).
+    fn set_source_json(
+        &mut self,
+        vfs: &str,
+        column: SourceJson,
+        value: &Value,
+    ) -> Result<Change, StateError> {
+        let (name, what) = column.names();
+        let json = encode(vfs, what, value)?;
+        let op = || format!("record the {what} of VFS {vfs}");
         self.write(&op, |db| {
             require_vfs(db, vfs)?;
             let stored = load_source(db, vfs)?;
-            if stored.as_ref().map_or(paused.is_null(), |s| &s.paused == paused) {
+            if stored
+                .as_ref()
+                .map_or(value.is_null(), |s| column.of(s) == value)
+            {
                 return Ok(Change::Unchanged);
             }
-            exec(
-                db,
-                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix, paused)
+            let sql = format!(
+                "INSERT INTO source_cycle (vfs, last_acked, clone, initial_done, updated_unix, {name})
                  VALUES (?1, NULL, 'null', 0, ?2, ?3)
-                 ON CONFLICT (vfs) DO UPDATE SET paused = excluded.paused,
-                     updated_unix = excluded.updated_unix",
-                params![vfs, time_to_db(now_unix()), json],
-            )?;
+                 ON CONFLICT (vfs) DO UPDATE SET {name} = excluded.{name},
+                     updated_unix = excluded.updated_unix"
+            );
+            exec(db, &sql, params![vfs, time_to_db(now_unix()), json])?;
             Ok(stored.map_or(Change::Created, |_| Change::Updated))
         })
     }
