@@ -186,6 +186,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 cycle,
                 clones,
                 freeze_window: Default::default(),
+                window_parts: Default::default(),
             })
     });
     let cycle = state
@@ -223,6 +224,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
                 cycle,
                 clones: p.clones,
                 freeze_window: Default::default(),
+                window_parts: Default::default(),
             };
             (point, p.point, p.taken_unix * 1000)
         }
@@ -259,6 +261,8 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
     };
     let mut phases = CyclePhases {
         point_ms: ms(started.elapsed()),
+        freeze_ms: ms(point.window_parts.freeze),
+        clone_ms: ms(point.window_parts.clone),
         ..Default::default()
     };
     let result = (|| {

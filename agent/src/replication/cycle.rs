@@ -49,6 +49,16 @@ pub struct Point {
     pub clones: Vec<PathBuf>,
     /// How long writes were blocked (freeze, clones, thaw).
     pub freeze_window: Duration,
+    /// Inside the window: the FIFREEZE calls of all the volumes, then their FICLONEs.
+    #[serde(default)]
+    pub window_parts: WindowParts,
+}
+
+/// Where a freeze window's time went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowParts {
+    pub freeze: Duration,
+    pub clone: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +93,8 @@ pub fn take_point(
     }
     let mounts: Vec<PathBuf> = volumes.iter().map(|v| v.mount.clone()).collect();
     let start = Instant::now();
-    images.freeze_all(&mounts)?;
+    let freeze_calls = images.freeze_all(&mounts)?;
+    let frozen = start.elapsed();
     let dsts: Vec<PathBuf> = volumes
         .iter()
         .map(|v| clone_path(dir, cycle, &v.name))
@@ -105,8 +116,13 @@ pub fn take_point(
             }
         }
     }
+    let cloned = start.elapsed();
     let thawed = images.thaw_all(&mounts);
     let freeze_window = start.elapsed();
+    let window_parts = WindowParts {
+        freeze: freeze_calls,
+        clone: cloned.saturating_sub(frozen),
+    };
     let mut result = result.and(thawed);
     if result.is_ok() {
         result = clones.iter().try_for_each(|c| images.fsync(c));
@@ -121,6 +137,7 @@ pub fn take_point(
         cycle,
         clones,
         freeze_window,
+        window_parts,
     })
 }
 

@@ -223,7 +223,13 @@ fn the_freeze_window_holds_the_clones_only_and_their_fsync_follows_the_thaw() {
     use super::fake_fs::Op;
     let (mut src, _) = setup();
     let vols = volumes();
+    src.set_freeze_time(std::time::Duration::from_millis(7));
     let point = take_point(&mut src, &vols, 1, Path::new("/pool/clones/fs1")).unwrap();
+    assert_eq!(
+        point.window_parts.freeze.as_millis(),
+        7,
+        "the FIFREEZE calls' own time"
+    );
     let calls = src.calls();
     let at = |op: Op| calls.iter().position(|c| c.op == op).unwrap();
     let (freeze, thaw) = (

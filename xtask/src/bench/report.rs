@@ -193,6 +193,8 @@ fn compare(o: &mut String, i: &Inputs, c: &Compare) -> anyhow::Result<()> {
 fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(0.0);
     let freeze: Vec<f64> = l.cycles.iter().map(|r| f(r, "freeze_window_ms")).collect();
+    let part = |k: &str| -> Vec<f64> { l.cycles.iter().map(|r| f(&r["phases"], k)).collect() };
+    let (freeze_calls, clones) = (part("freeze_ms"), part("clone_ms"));
     let lags: Vec<f64> = l.lag.iter().map(|s| s.1).collect();
     let rate = l.written as f64 / l.writer_time.as_secs_f64() / 1e6;
     writeln!(o, "## Freeze window and RPO lag under a writer\n")?;
@@ -225,6 +227,18 @@ fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
         quantile(&freeze, 1.0),
         met(freeze.len() >= 20 && quantile(&freeze, 0.99) <= 60.0)
     )?;
+    for (what, v) in [
+        ("in it: the FIFREEZE calls", &freeze_calls),
+        ("in it: the FICLONEs", &clones),
+    ] {
+        writeln!(
+            o,
+            "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | | |",
+            quantile(v, 0.5),
+            quantile(v, 0.99),
+            quantile(v, 1.0)
+        )?;
+    }
     writeln!(
         o,
         "| RPO lag ({} samples) | {:.1} s | {:.1} s | {:.1} s | <= 10 s | {} |",
@@ -236,18 +250,21 @@ fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
     )?;
     writeln!(
         o,
-        "\nEvery cycle (cycle: changed MiB, wire MiB, freeze ms, duration ms):\n"
+        "\nEvery cycle (cycle: changed MiB, wire MiB, freeze window ms (FIFREEZE + FICLONE ms), \
+         duration ms):\n"
     )?;
     let rows: Vec<String> = l
         .cycles
         .iter()
         .map(|r| {
             format!(
-                "{}: {:.1}, {:.1}, {:.1}, {}",
+                "{}: {:.1}, {:.1}, {:.1} ({:.1} + {:.1}), {}",
                 r["cycle"],
                 f(r, "changed_bytes") / (1 << 20) as f64,
                 f(r, "wire_bytes") / (1 << 20) as f64,
                 f(r, "freeze_window_ms"),
+                f(&r["phases"], "freeze_ms"),
+                f(&r["phases"], "clone_ms"),
                 r["duration_ms"]
             )
         })
