@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use vfsdr::replication::{
+    cycle::catch_up,
     extents::{Change, ChangeKind, changed, total},
     fsops::{FsError, Images as _, SystemImages},
 };
@@ -329,5 +330,113 @@ fn a_failed_group_freeze_leaves_nothing_frozen() -> anyhow::Result<()> {
     let err = fs.clone_file(b.image(), &clone).unwrap_err();
     ensure!(err.raw_os_error() == Some(libc::EEXIST), "{err}");
     fs.remove(&clone)?;
+    Ok(())
+}
+
+/// The point in time of a cycle: clones taken while the volumes are live, then caught up inside
+/// the freeze with what changed since (`cycle::catch_up`), equal clones taken whole inside the
+/// same freeze, block for block: under writers on both volumes, and after a delete + fstrim
+/// (punched ranges) between the early clone and the freeze.
+#[test]
+#[ignore = "root: builds lab loop devices, XFS mounts and freezes them"]
+fn clones_caught_up_in_the_freeze_equal_clones_taken_in_it() -> anyhow::Result<()> {
+    require_root()?;
+    let lab = Lab::new("fsops-catchup")?;
+    let site = lab.add_site("site-a")?;
+    let vols: Vec<Volume> = ["c1", "c2"]
+        .iter()
+        .map(|n| site.pool().create_volume(n, 512 * MIB))
+        .collect::<anyhow::Result<_>>()?;
+    let victim = vols[0].mount_point().join("victim");
+    std::fs::write(&victim, vec![5u8; 32 * MIB as usize])?;
+    let mut fs = SystemImages::new();
+    let mounts: Vec<PathBuf> = vols.iter().map(|v| v.mount_point().to_owned()).collect();
+    let stop = AtomicBool::new(false);
+    let (mut redone, mut punched) = (0u64, 0u64);
+    thread::scope(|s| -> anyhow::Result<()> {
+        let writers: Vec<_> = vols
+            .iter()
+            .map(|v| s.spawn(|| load(v.mount_point(), Some(64), &stop)))
+            .collect();
+        let result = (|| -> anyhow::Result<()> {
+            let _stop = StopOnDrop(&stop);
+            thread::sleep(Duration::from_millis(500));
+            for round in 0..20 {
+                let early: Vec<PathBuf> = vols
+                    .iter()
+                    .map(|v| v.image().with_extension(format!("early{round}")))
+                    .collect();
+                let whole: Vec<PathBuf> = vols
+                    .iter()
+                    .map(|v| v.image().with_extension(format!("whole{round}")))
+                    .collect();
+                let mut before = Vec::new();
+                for (v, e) in vols.iter().zip(&early) {
+                    fs.flush(v.mount_point(), v.image())?;
+                    fs.clone_file(v.image(), e)?;
+                    before.push(fs.extents(e)?);
+                }
+                thread::sleep(Duration::from_millis(50));
+                if round == 10 {
+                    std::fs::remove_file(&victim)?;
+                    sh(&format!("sync; fstrim {}", vols[0].mount_point().display()))?;
+                }
+                fs.freeze_all(&mounts)?;
+                let inside = (|| -> anyhow::Result<()> {
+                    for ((v, e), b) in vols.iter().zip(&early).zip(&before) {
+                        let changes = changed(
+                            b,
+                            &fs.extents(v.image())?,
+                            fs.size(v.image())?,
+                            BLOCK as u64,
+                        );
+                        let (data, zero) = total(&changes);
+                        redone += data;
+                        punched += zero;
+                        catch_up(&mut fs, v.image(), e, b)?;
+                    }
+                    for (v, w) in vols.iter().zip(&whole) {
+                        fs.clone_file(v.image(), w)?;
+                    }
+                    Ok(())
+                })();
+                fs.thaw_all(&mounts)?;
+                inside?;
+                for (e, w) in early.iter().zip(&whole) {
+                    let differ = differing_blocks(e, w)?;
+                    ensure!(
+                        differ.is_empty(),
+                        "round {round}: {} blocks of {} differ from {}, first at block {}",
+                        differ.len(),
+                        e.display(),
+                        w.display(),
+                        differ[0]
+                    );
+                    fs.remove(e)?;
+                    fs.remove(w)?;
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        }
+        result
+    })?;
+    eprintln!(
+        "caught up {:.1} MiB of data and {:.1} MiB punched over 20 rounds of 2 volumes",
+        mib(redone),
+        mib(punched)
+    );
+    ensure!(
+        redone > 16 * MIB,
+        "the writers changed only {redone} bytes between clone and freeze"
+    );
+    ensure!(
+        punched > 0,
+        "the fstrim punched nothing between clone and freeze"
+    );
     Ok(())
 }

@@ -64,9 +64,10 @@ pub fn cycle_figures(r: &CycleReport) -> String {
 pub fn phases(r: &CycleReport) -> String {
     let p = &r.phases;
     format!(
-        "point {:.1} ms (freeze window {:.1} ms: FIFREEZE {:.1} ms, FICLONE {:.1} ms), diff {:.1} ms, \
-         ship+commit {:.1} ms, ack {:.1} ms",
+        "point {:.1} ms (clones {:.1} ms, then freeze window {:.1} ms: FIFREEZE {:.1} ms, catch-up \
+         {:.1} ms), diff {:.1} ms, ship+commit {:.1} ms, ack {:.1} ms",
         p.point_ms,
+        p.preclone_ms,
         r.freeze_window_ms,
         p.freeze_ms,
         p.clone_ms,
@@ -255,6 +256,7 @@ mod tests {
                     point_unix_ms: NOW - 12_300,
                     phases: CyclePhases {
                         point_ms: 12.0,
+                        preclone_ms: 5.0,
                         freeze_ms: 1.0,
                         clone_ms: 2.0,
                         diff_ms: 3.0,
@@ -281,7 +283,7 @@ replication of fs1 to dr1: idle
   consistent point  RPO lag 12.3 s  (cycle 12, snapshot 12, 2025-11-25 22:14:22.823 UTC)
   data at risk      4.0 MiB (a cycle starts at 64.0 MiB)
   last cycle        12 (incremental): changed 19.0 MiB, zeroed 0 B, wire 10.0 MiB, ratio 1.9x, 9.5 MiB/s (wire 10.0 MiB/s), freeze 3.2 ms, took 2.0 s
-  phases            point 12.0 ms (freeze window 3.2 ms: FIFREEZE 1.0 ms, FICLONE 2.0 ms), diff 3.0 ms, ship+commit 1000.0 ms, ack 4.0 ms
+  phases            point 12.0 ms (clones 5.0 ms, then freeze window 3.2 ms: FIFREEZE 1.0 ms, catch-up 2.0 ms), diff 3.0 ms, ship+commit 1000.0 ms, ack 4.0 ms
   next cycle        in 4m 10s (every 5m 00s)
 ";
         assert_eq!(text, expected);

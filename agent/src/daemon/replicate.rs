@@ -261,6 +261,7 @@ pub fn run_cycle(job: CycleJob) -> Result<CycleOutcome, CycleFailure> {
     };
     let mut phases = CyclePhases {
         point_ms: ms(started.elapsed()),
+        preclone_ms: ms(point.window_parts.preclone),
         freeze_ms: ms(point.window_parts.freeze),
         clone_ms: ms(point.window_parts.clone),
         ..Default::default()

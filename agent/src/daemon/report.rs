@@ -8,7 +8,7 @@
 //! `CYCLE`, `SNAPSHOT`, `FULL`, `POINT_UNIX_MS`, `RPO_LAG_MS` (the point's age when logged),
 //! `CHANGED_BYTES`, `ZEROED_BYTES`, `WIRE_BYTES`, `COMPRESSION_RATIO` (0 when nothing was
 //! sent), `CHANGED_BYTES_PER_S`, `WIRE_BYTES_PER_S`, `FREEZE_WINDOW_MS`, `DURATION_MS`,
-//! `POINT_MS`, `FREEZE_MS`, `CLONE_MS`, `DIFF_MS`, `SHIP_COMMIT_MS`, `ACK_MS`, `NEXT_CYCLE_IN_MS` (absent when none is
+//! `POINT_MS`, `PRECLONE_MS`, `FREEZE_MS`, `CLONE_MS`, `DIFF_MS`, `SHIP_COMMIT_MS`, `ACK_MS`, `NEXT_CYCLE_IN_MS` (absent when none is
 //! scheduled), `TRACKER_GAPS`.
 use serde::{Deserialize, Serialize};
 
@@ -17,10 +17,14 @@ use serde::{Deserialize, Serialize};
 pub struct CyclePhases {
     /// Pre-flush, freeze, reflink clone and thaw of all the volumes (contains the freeze window).
     pub point_ms: f64,
+    /// Before the freeze window: cloning the images while the volumes are live (their reads
+    /// and writes wait on the image's lock meanwhile; the file systems are not frozen).
+    #[serde(default)]
+    pub preclone_ms: f64,
     /// Inside the freeze window: the FIFREEZE calls of all the volumes (in parallel)...
     #[serde(default)]
     pub freeze_ms: f64,
-    /// ... and the FICLONEs of their images (in parallel).
+    /// ... and catching the clones up with what changed since (FICLONERANGE of those ranges).
     #[serde(default)]
     pub clone_ms: f64,
     /// Comparing the physical extents of the new clones with the previous ones (FIEMAP).
@@ -120,7 +124,7 @@ pub fn log_cycle_done(
         compression_ratio = r.compression_ratio.unwrap_or(0.0),
         changed_bytes_per_s = r.changed_bytes_per_s as u64, wire_bytes_per_s = r.wire_bytes_per_s as u64,
         freeze_window_ms = r.freeze_window_ms, duration_ms = r.duration_ms,
-        point_ms = r.phases.point_ms, freeze_ms = r.phases.freeze_ms, clone_ms = r.phases.clone_ms,
+        point_ms = r.phases.point_ms, preclone_ms = r.phases.preclone_ms, freeze_ms = r.phases.freeze_ms, clone_ms = r.phases.clone_ms,
         diff_ms = r.phases.diff_ms,
         ship_commit_ms = r.phases.ship_commit_ms, ack_ms = r.phases.ack_ms,
         next_cycle_in_ms = next_cycle_in_ms, tracker_gaps,
@@ -139,6 +143,7 @@ mod tests {
             duration_ms: 2000,
             phases: CyclePhases {
                 point_ms: 10.0,
+                preclone_ms: 5.0,
                 freeze_ms: 1.0,
                 clone_ms: 2.0,
                 diff_ms: 90.0,

@@ -120,6 +120,7 @@ fn report(cycle: u64, point_unix_ms: u64) -> CycleReport {
         point_unix_ms,
         phases: CyclePhases {
             point_ms: 20.0,
+            preclone_ms: 5.0,
             freeze_ms: 1.0,
             clone_ms: 2.0,
             diff_ms: 80.0,

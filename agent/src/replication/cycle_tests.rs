@@ -240,12 +240,18 @@ fn the_freeze_window_holds_the_clones_only_and_their_fsync_follows_the_thaw() {
     assert_eq!(flushes, 2 * vols.len(), "two pre-flush passes: {calls:?}");
     let inside: Vec<Op> = calls[freeze..=thaw].iter().map(|c| c.op).collect();
     assert!(
-        inside
-            .iter()
-            .all(|op| matches!(op, Op::Freeze | Op::Clone | Op::Thaw)),
-        "only freeze, clones and thaw inside the window: {inside:?}"
+        inside.iter().all(|op| matches!(
+            op,
+            Op::Freeze | Op::Size | Op::Extents | Op::CloneRange | Op::Punch | Op::Thaw
+        )),
+        "only freeze, the catching up of the clones and thaw inside the window: {inside:?}"
     );
-    assert_eq!(inside.iter().filter(|op| **op == Op::Clone).count(), 3);
+    let before: Vec<Op> = calls[..freeze].iter().map(|c| c.op).collect();
+    assert_eq!(
+        before.iter().filter(|op| **op == Op::Clone).count(),
+        3,
+        "the images are cloned before the freeze: {before:?}"
+    );
     for clone in &point.clones {
         assert!(
             calls[thaw..]
@@ -255,6 +261,36 @@ fn the_freeze_window_holds_the_clones_only_and_their_fsync_follows_the_thaw() {
             clone.display()
         );
     }
+}
+
+#[test]
+fn writes_between_the_early_clones_and_the_freeze_are_caught_up_exactly() {
+    use super::fake_fs::Op;
+    let (mut src, _) = setup();
+    let vols = volumes();
+    let image = vols[0].image.clone();
+    src.write_user(&image, 0, &vec![1u8; 4 * MIB as usize])
+        .unwrap();
+    src.write_user(&vols[1].image, 0, &vec![2u8; MIB as usize])
+        .unwrap();
+    // Late writes: an overwrite of shared blocks, a write into a hole, a partial block.
+    src.write_before_freeze(&image, MIB, &vec![7u8; 8192]);
+    src.write_before_freeze(&image, 9 * MIB, b"into a hole");
+    src.write_before_freeze(&vols[1].image, 100, b"partial");
+    let point = take_point(&mut src, &vols, 1, Path::new("/pool/clones/fs1")).unwrap();
+    for (v, clone) in vols.iter().zip(&point.clones) {
+        assert_eq!(src.content(clone), src.content(&v.image), "{}", v.name);
+    }
+    let redone: Vec<_> = src
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::CloneRange)
+        .collect();
+    assert_eq!(
+        redone.len(),
+        3,
+        "only what changed is cloned again: {redone:?}"
+    );
 }
 
 #[test]

@@ -57,6 +57,7 @@ pub enum Op {
     Writeback,
     /// [`FakeImages::write_user`].
     UserWrite,
+    CloneRange,
 }
 
 impl Op {
@@ -80,6 +81,7 @@ impl Op {
             Op::Prefetch => "posix_fadvise WILLNEED",
             Op::Writeback => "sync_file_range WRITE",
             Op::UserWrite => "write",
+            Op::CloneRange => "FICLONERANGE",
         }
     }
 }
@@ -108,6 +110,8 @@ struct State {
     failures: Vec<Failure>,
     calls: Vec<Call>,
     freeze_time: Duration,
+    /// User writes that land just before the next freeze (after a point's early clones).
+    before_freeze: Vec<(PathBuf, u64, Vec<u8>)>,
     max_extent_blocks: Option<u64>,
     /// What `free_space` reports (unlimited unless set).
     free_space: Option<u64>,
@@ -304,6 +308,13 @@ impl FakeImages {
     }
 
     /// What `freeze_all` reports as the time its freeze calls took.
+    /// A user write of `data` at `offset` of `image` that lands just before the next freeze.
+    pub fn write_before_freeze(&self, image: &Path, offset: u64, data: &[u8]) {
+        self.lock()
+            .before_freeze
+            .push((image.to_owned(), offset, data.to_vec()));
+    }
+
     pub fn set_freeze_time(&self, took: Duration) {
         self.lock().freeze_time = took;
     }
@@ -369,6 +380,9 @@ impl Images for FakeImages {
 
     fn freeze_all(&mut self, mounts: &[PathBuf]) -> Result<Duration, FsError> {
         let mut s = self.lock();
+        for (image, offset, data) in std::mem::take(&mut s.before_freeze) {
+            s.write(&image, offset, &data)?;
+        }
         let mut done: Vec<&PathBuf> = Vec::new();
         let mut result = Ok(s.freeze_time);
         for m in mounts {
@@ -432,6 +446,35 @@ impl Images for FakeImages {
             s.disk.share(slot.physical);
         }
         s.files.insert(dst.to_owned(), file);
+        Ok(())
+    }
+
+    fn clone_range(
+        &mut self,
+        src: &Path,
+        dst: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), FsError> {
+        let mut s = self.lock();
+        s.begin(Op::CloneRange, dst)?;
+        let from = s.file(src)?.clone();
+        s.file(dst)?;
+        let end = offset.saturating_add(len);
+        if offset % BLOCK != 0 || (end % BLOCK != 0 && end != from.size) || end > from.size {
+            return Err(errno("FICLONERANGE", dst, libc::EINVAL));
+        }
+        for index in offset / BLOCK..end.div_ceil(BLOCK) {
+            let State { files, disk, .. } = &mut *s;
+            let Some(to) = files.get_mut(dst) else { break };
+            if let Some(old) = to.blocks.remove(&index) {
+                disk.release(old.physical);
+            }
+            if let Some(&slot) = from.blocks.get(&index) {
+                disk.share(slot.physical);
+                to.blocks.insert(index, slot);
+            }
+        }
         Ok(())
     }
 

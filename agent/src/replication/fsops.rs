@@ -13,6 +13,7 @@
 //! | `FIFREEZE` | `_IOWR('X', 119, int)` | `3 << 30 \| 4 << 16 \| 0x58 << 8 \| 0x77` = `0xC004_5877` |
 //! | `FITHAW` | `_IOWR('X', 120, int)` | `0xC004_5878` |
 //! | `FICLONE` | `_IOW(0x94, 9, int)` | `1 << 30 \| 4 << 16 \| 0x94 << 8 \| 9` = `0x4004_9409` |
+//! | `FICLONERANGE` | `_IOW(0x94, 13, struct file_clone_range)` | `1 << 30 \| 32 << 16 \| 0x94 << 8 \| 13` = `0x4020_940D` |
 //! | `FS_IOC_FIEMAP` | `_IOWR('f', 11, struct fiemap)` | `3 << 30 \| 32 << 16 \| 0x66 << 8 \| 11` = `0xC020_660B` |
 //!
 //! `struct fiemap` is 32 bytes (`fm_start`, `fm_length`: u64; `fm_flags`, `fm_mapped_extents`,
@@ -142,6 +143,11 @@ pub trait Images: Send {
             .map(|(src, dst)| self.clone_unsynced(src, dst))
             .collect()
     }
+    /// Reflinks `len` bytes of `src` at `offset` over the same range of the existing file `dst`
+    /// (FICLONERANGE): `dst` then reads there what `src` reads. `offset` and `len` are multiples
+    /// of 4 KiB, except that the range may end at the end of `src`.
+    fn clone_range(&mut self, src: &Path, dst: &Path, offset: u64, len: u64)
+    -> Result<(), FsError>;
     /// All FIEMAP extents of `file`, sorted by logical offset (FIEMAP_FLAG_SYNC first).
     fn extents(&mut self, file: &Path) -> Result<Vec<Extent>, FsError>;
     /// Allocated ranges (offset, len) by SEEK_DATA/SEEK_HOLE (for the initial full sync).
@@ -195,6 +201,9 @@ pub const FIFREEZE: libc::c_ulong = ioc(IOC_READ_WRITE, b'X' as u64, 119, INT);
 pub const FITHAW: libc::c_ulong = ioc(IOC_READ_WRITE, b'X' as u64, 120, INT);
 /// `_IOW(0x94, 9, int)` = 0x40049409.
 pub const FICLONE: libc::c_ulong = ioc(IOC_WRITE, 0x94, 9, INT);
+/// `_IOW(0x94, 13, struct file_clone_range)` = 0x4020940D (`struct file_clone_range` is
+/// `s64 src_fd; u64 src_offset, src_length, dest_offset`: 32 bytes).
+pub const FICLONERANGE: libc::c_ulong = ioc(IOC_WRITE, 0x94, 13, 32);
 /// `_IOWR('f', 11, struct fiemap)` = 0xC020660B (`sizeof(struct fiemap)` is 32, checked where the
 /// struct is defined).
 pub const FS_IOC_FIEMAP: libc::c_ulong = ioc(IOC_READ_WRITE, b'f' as u64, 11, 32);

@@ -194,7 +194,8 @@ fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(0.0);
     let freeze: Vec<f64> = l.cycles.iter().map(|r| f(r, "freeze_window_ms")).collect();
     let part = |k: &str| -> Vec<f64> { l.cycles.iter().map(|r| f(&r["phases"], k)).collect() };
-    let (freeze_calls, clones) = (part("freeze_ms"), part("clone_ms"));
+    let (preclones, freeze_calls, clones) =
+        (part("preclone_ms"), part("freeze_ms"), part("clone_ms"));
     let lags: Vec<f64> = l.lag.iter().map(|s| s.1).collect();
     let rate = l.written as f64 / l.writer_time.as_secs_f64() / 1e6;
     writeln!(o, "## Freeze window and RPO lag under a writer\n")?;
@@ -229,7 +230,8 @@ fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
     )?;
     for (what, v) in [
         ("in it: the FIFREEZE calls", &freeze_calls),
-        ("in it: the FICLONEs", &clones),
+        ("in it: catching the clones up (FICLONERANGE)", &clones),
+        ("before it: cloning the live images (FICLONE)", &preclones),
     ] {
         writeln!(
             o,
@@ -250,7 +252,7 @@ fn lag(o: &mut String, i: &Inputs, l: &LagResult) -> anyhow::Result<()> {
     )?;
     writeln!(
         o,
-        "\nEvery cycle (cycle: changed MiB, wire MiB, freeze window ms (FIFREEZE + FICLONE ms), \
+        "\nEvery cycle (cycle: changed MiB, wire MiB, freeze window ms (FIFREEZE + catch-up ms), \
          duration ms):\n"
     )?;
     let rows: Vec<String> = l

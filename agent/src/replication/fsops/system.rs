@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Extent, FICLONE, FIFREEZE, FITHAW, FS_IOC_FIEMAP, FsError, Images, flags, grace};
+use super::{
+    Extent, FICLONE, FICLONERANGE, FIFREEZE, FITHAW, FS_IOC_FIEMAP, FsError, Images, flags, grace,
+};
 
 const FIEMAP_FLAG_SYNC: u32 = 0x1;
 /// Extents asked for per FIEMAP call.
@@ -339,6 +341,36 @@ impl Images for SystemImages {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn clone_range(
+        &mut self,
+        src: &Path,
+        dst: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), FsError> {
+        /// `struct file_clone_range` of `linux/fs.h`.
+        #[repr(C)]
+        struct FileCloneRange {
+            src_fd: i64,
+            src_offset: u64,
+            src_length: u64,
+            dest_offset: u64,
+        }
+        let source = self.handle(src, false)?.as_raw_fd();
+        let target = self.handle(dst, true)?.as_raw_fd();
+        let arg = FileCloneRange {
+            src_fd: i64::from(source),
+            src_offset: offset,
+            src_length: len,
+            dest_offset: offset,
+        };
+        // SAFETY: both fds are open; the argument is a `struct file_clone_range`.
+        if unsafe { libc::ioctl(target, FICLONERANGE, &arg) } < 0 {
+            return Err(io_err("FICLONERANGE", dst)(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     fn clone_file(&mut self, src: &Path, dst: &Path) -> Result<(), FsError> {
