@@ -161,29 +161,7 @@ fn a_thousand_snapshots_are_kept_cheaply_mounted_and_pruned() -> anyhow::Result<
 
     // A tighter grid: one snapshot per minute. The DR site gets the new definition, and the
     // next commit prunes to exactly what the grid keeps.
-    let config = std::fs::read_to_string(&pair.a_config)?;
-    let tighter = config.replace("{every: all, for: 1d}", "{every: 1m, for: 1d}");
-    ensure!(tighter != config, "no retention line in the configuration");
-    let received = pair
-        .agent_b
-        .log_text()
-        .matches("definition_received")
-        .count();
-    std::fs::write(&pair.a_config, tighter)?;
-    // SAFETY: signals the agent this test started, by its pid.
-    unsafe { libc::kill(pair.agent_a.pid() as i32, libc::SIGHUP) };
-    wait_for(
-        "the tighter grid at site-b",
-        Duration::from_secs(30),
-        || {
-            Ok(pair
-                .agent_b
-                .log_text()
-                .matches("definition_received")
-                .count()
-                > received)
-        },
-    )?;
+    pair.reconfigure_active("{every: all, for: 1d}", "{every: 1m, for: 1d}")?;
     let prune_start = Instant::now();
     let last = run_cycles(&pair, &churn, n + 1..=n + 1, |_| Ok(()))?;
     let prune_cycle = prune_start.elapsed();

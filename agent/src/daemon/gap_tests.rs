@@ -3,7 +3,7 @@ use vfsdr_common::{EXTENT_WRITE, counter};
 
 use super::*;
 use crate::{
-    config::{Pool, Resources, test_vfs},
+    config::test_vfs,
     daemon::{Cycles, replicate::CycleOutcome, report::CycleReport},
     replication::{gap::GapResult, wire::PoolFull},
     tracking::{BlockRange, BlockSet, FakeProbes},
@@ -11,14 +11,7 @@ use crate::{
 };
 
 fn agent() -> (Agent, FakeProbes, DevId) {
-    let mut cfg = config(&[]);
-    cfg.resources = Resources {
-        pool: Some(Pool {
-            path: "/pool".into(),
-            reserve_bytes: 0,
-        }),
-        ..Default::default()
-    };
+    let mut cfg = pooled_config();
     cfg.vfs = vec![test_vfs("fs1", "site-b", "/m1")];
     let (agent, probes) =
         start_with(cfg, devices().with_image("/pool/volumes/fs1/data.img")).unwrap();

@@ -8,7 +8,7 @@ use vfsdr_common::EXTENT_WRITE;
 use super::*;
 use crate::{
     api::{NextCycle, NextCycleWhy, Paused, ReplicationState},
-    config::{Pool, Resources, test_vfs},
+    config::test_vfs,
     daemon::{
         CycleDone, Cycles,
         replicate::CycleOutcome,
@@ -256,14 +256,7 @@ fn the_state_and_point_come_from_the_last_report_or_the_store() {
 }
 
 fn agent() -> Agent {
-    let mut cfg = config(&[]);
-    cfg.resources = Resources {
-        pool: Some(Pool {
-            path: "/pool".into(),
-            reserve_bytes: 0,
-        }),
-        ..Default::default()
-    };
+    let mut cfg = pooled_config();
     let mut def = test_vfs("fs1", "site-b", "/m1");
     def.replication.interval_s = 300;
     cfg.vfs = vec![def];

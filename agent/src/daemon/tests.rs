@@ -42,6 +42,20 @@ pub(super) fn config(volumes: &[(&str, VolumeSource)]) -> Config {
     }
 }
 
+/// A site configuration without tracked volumes and with a pool at `/pool` (also used by
+/// `gap_tests.rs` and `status_tests.rs`).
+pub(super) fn pooled_config() -> Config {
+    let mut cfg = config(&[]);
+    cfg.resources = crate::config::Resources {
+        pool: Some(crate::config::Pool {
+            path: "/pool".into(),
+            reserve_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    cfg
+}
+
 fn dev(p: &str) -> VolumeSource {
     VolumeSource::Device(PathBuf::from(p))
 }
@@ -349,24 +363,11 @@ mod vfs {
 
 mod at_risk {
     use super::*;
-    use crate::config::{Pool, Resources, test_vfs};
-
-    /// A site configuration with a pool at `/pool`.
-    fn pooled() -> Config {
-        let mut cfg = config(&[]);
-        cfg.resources = Resources {
-            pool: Some(Pool {
-                path: "/pool".into(),
-                reserve_bytes: 0,
-            }),
-            ..Default::default()
-        };
-        cfg
-    }
+    use crate::config::test_vfs;
 
     #[test]
     fn vfs_volumes_are_tracked_and_a_cycle_takes_their_mark() {
-        let mut cfg = pooled();
+        let mut cfg = pooled_config();
         cfg.vfs = vec![
             test_vfs("fs1", "site-b", "/m1"),
             test_vfs("fs2", "site-b", "/m2"),
@@ -390,7 +391,7 @@ mod at_risk {
 
     #[test]
     fn a_cycle_starts_early_when_the_data_at_risk_passes_the_trigger() {
-        let mut cfg = pooled();
+        let mut cfg = pooled_config();
         let mut fs1 = test_vfs("fs1", "site-b", "/m1");
         fs1.replication.interval_s = 3600;
         fs1.replication.trigger_at_risk_bytes = Some(8192);

@@ -249,6 +249,24 @@ pub enum Piece {
     },
 }
 
+impl Piece {
+    /// The volume index, offset and length in bytes the piece covers.
+    pub fn span(&self) -> (usize, u64, u64) {
+        match self {
+            Piece::Data {
+                volume,
+                offset,
+                data,
+            } => (*volume, *offset, data.len() as u64),
+            Piece::Zero {
+                volume,
+                offset,
+                len,
+            } => (*volume, *offset, *len),
+        }
+    }
+}
+
 /// The pieces of a delta, data read from the clones of `point`, at most [`PIECE`] bytes each.
 pub struct Pieces<'a> {
     images: &'a mut dyn Images,
@@ -416,18 +434,7 @@ impl Applier {
 
     /// Writes one piece, refusing anything outside its volume.
     pub fn apply(&mut self, images: &mut dyn Images, piece: &Piece) -> Result<(), CycleError> {
-        let (volume, offset, len) = match piece {
-            Piece::Data {
-                volume,
-                offset,
-                data,
-            } => (*volume, *offset, data.len() as u64),
-            Piece::Zero {
-                volume,
-                offset,
-                len,
-            } => (*volume, *offset, *len),
-        };
+        let (volume, offset, len) = piece.span();
         let Some(v) = self.volumes.get(volume) else {
             return Err(CycleError::Protocol {
                 cycle: self.cycle,

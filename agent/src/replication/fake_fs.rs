@@ -461,7 +461,10 @@ impl Images for FakeImages {
         let from = s.file(src)?.clone();
         s.file(dst)?;
         let end = offset.saturating_add(len);
-        if offset % BLOCK != 0 || (end % BLOCK != 0 && end != from.size) || end > from.size {
+        if !offset.is_multiple_of(BLOCK)
+            || (!end.is_multiple_of(BLOCK) && end != from.size)
+            || end > from.size
+        {
             return Err(errno("FICLONERANGE", dst, libc::EINVAL));
         }
         for index in offset / BLOCK..end.div_ceil(BLOCK) {

@@ -176,18 +176,7 @@ impl Frontier {
 
     /// Takes a piece into account before it is written; refuses one out of order.
     pub fn advance(&mut self, piece: &Piece) -> Result<(), OutOfOrder> {
-        let (volume, offset, len) = match piece {
-            Piece::Data {
-                volume,
-                offset,
-                data,
-            } => (*volume, *offset, data.len() as u64),
-            Piece::Zero {
-                volume,
-                offset,
-                len,
-            } => (*volume, *offset, *len),
-        };
+        let (volume, offset, len) = piece.span();
         if volume < self.current {
             return Err(OutOfOrder::Volume {
                 volume,

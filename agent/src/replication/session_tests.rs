@@ -53,6 +53,17 @@ fn world_with(edit: impl FnOnce(&mut crate::config::VfsDef)) -> World {
 }
 
 impl World {
+    /// The ids of the snapshots of fs1 the DR site's catalog holds.
+    pub(super) fn snapshot_ids(&self) -> Vec<u64> {
+        let store = Store::open(self.dir.path()).unwrap();
+        store
+            .snapshots("fs1")
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect()
+    }
+
     pub(super) fn sink(&self) -> Sink {
         Sink {
             store: Store::open(self.dir.path()).unwrap(),
@@ -185,14 +196,7 @@ async fn a_lost_base_is_answered_as_such_and_a_full_copy_takes_its_place() {
     assert_eq!(w.dst.content(&replica[0].image), before, "nothing touched");
     // The resync: a full copy of the same point, as cycle 3.
     assert_eq!(w.cycle("site-a", None, &p3, None).await.0.unwrap(), 3);
-    let store = Store::open(w.dir.path()).unwrap();
-    let ids: Vec<u64> = store
-        .snapshots("fs1")
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(ids, [1, 3], "the older snapshot stays");
+    assert_eq!(w.snapshot_ids(), [1, 3], "the older snapshot stays");
     let snap3 = PathBuf::from("/b/pool/snapshots/fs1/3/data.img");
     assert_eq!(w.dst.content(&snap3), w.src.content(&p3.clones[0]));
 }
@@ -208,22 +212,13 @@ async fn snapshots_outside_the_retention_grid_are_pruned_after_the_answer() {
     w.src.write_user(&img, 4096, &[2u8; 4096]).unwrap();
     let p2 = take_point(&mut w.src, &w.vols, 2, Path::new("/a/clones")).unwrap();
     w.cycle("site-a", Some(&p1), &p2, Some(1)).await.0.unwrap();
-    let store = Store::open(w.dir.path()).unwrap();
-    let ids = || -> Vec<u64> {
-        store
-            .snapshots("fs1")
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect()
-    };
     assert_eq!(
-        ids(),
+        w.snapshot_ids(),
         [1, 2],
         "the commit answers before anything is pruned"
     );
     assert_eq!(w.sink().prune("fs1").unwrap(), [1]);
-    assert_eq!(ids(), [2]);
+    assert_eq!(w.snapshot_ids(), [2]);
     assert!(
         !w.dst
             .files()

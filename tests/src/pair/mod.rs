@@ -239,6 +239,32 @@ impl Pair {
         self.agent_a.status()
     }
 
+    /// Replaces `from` by `to` in the active site's configuration, sends its agent SIGHUP, and
+    /// waits until the DR site has received the new definition of the VFS.
+    pub fn reconfigure_active(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let config = std::fs::read_to_string(&self.a_config)?;
+        let changed = config.replace(from, to);
+        ensure!(
+            changed != config,
+            "no {from:?} in the active site's configuration"
+        );
+        let received = || {
+            self.agent_b
+                .log_text()
+                .matches("definition_received")
+                .count()
+        };
+        let before = received();
+        std::fs::write(&self.a_config, changed)?;
+        // SAFETY: signals the agent this pair started, by its pid.
+        unsafe { libc::kill(self.agent_a.pid() as i32, libc::SIGHUP) };
+        wait_for(
+            "the new definition at the DR site",
+            Duration::from_secs(30),
+            || Ok(received() > before),
+        )
+    }
+
     /// The ids of the DR site's committed snapshots of the VFS, oldest first.
     pub fn snapshots(&self) -> anyhow::Result<Vec<u64>> {
         let out = self.agent_b.cli(["snapshots", self.vfs(), "--json"])?;

@@ -164,30 +164,7 @@ pub fn run(
         .collect();
 
     // The tighter grid, then one cycle that prunes.
-    let config = std::fs::read_to_string(&pair.a_config)?;
-    std::fs::write(
-        &pair.a_config,
-        config.replace("{every: all, for: 1d}", "{every: 1m, for: 1d}"),
-    )?;
-    let received = pair
-        .agent_b
-        .log_text()
-        .matches("definition_received")
-        .count();
-    // SAFETY: signals the agent this bench started, by its pid.
-    unsafe { libc::kill(pair.agent_a.pid() as i32, libc::SIGHUP) };
-    wait_for(
-        "the tighter grid at the DR site",
-        Duration::from_secs(30),
-        || {
-            Ok(pair
-                .agent_b
-                .log_text()
-                .matches("definition_received")
-                .count()
-                > received)
-        },
-    )?;
+    pair.reconfigure_active("{every: all, for: 1d}", "{every: 1m, for: 1d}")?;
     let before_prune = pool_used(&pool)?;
     let pruned_logs = || pair.agent_b.log_text().matches("snapshots_pruned").count();
     let pruned_before = pruned_logs();
